@@ -1,0 +1,128 @@
+"""Drop-in modules built on the fused ops.
+
+Each keeps the parameter names and state_dict keys of the module it replaces, so weights load
+unchanged in both directions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .ops.group_norm import ACTS, fused_group_norm
+
+
+class FusedGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (optionally followed by SiLU) computed by one fused kernel.
+
+    Same constructor, parameters (``weight``, ``bias``) and state_dict keys as ``nn.GroupNorm``.
+    ``act="silu"`` folds the activation that usually follows the norm into the same pass.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-6,
+        affine: bool = True,
+        act: str | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        if act not in ACTS:
+            raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+        super().__init__(num_groups, num_channels, eps=eps, affine=affine, device=device, dtype=dtype)
+        self.act = act
+
+    @classmethod
+    def from_group_norm(cls, gn: nn.GroupNorm, act: str | None = None) -> "FusedGroupNorm":
+        """A FusedGroupNorm sharing ``gn``'s parameters (no copy)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.num_groups, new.num_channels, new.eps, new.affine = gn.num_groups, gn.num_channels, gn.eps, gn.affine
+        new.weight, new.bias = gn.weight, gn.bias
+        new.act = act
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fused_group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps, act=self.act)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", act={self.act!r}" if self.act else "")
+
+
+class SpatialNorm(nn.Module):
+    """Spatially conditional normalisation (MoVQ; diffusers ``SpatialNorm``), fused.
+
+        out = act( GroupNorm(f) * conv_y(up(zq)) + conv_b(up(zq)) )
+
+    The 1x1 convs commute with nearest upsampling, so they run on ``zq`` at its own (latent)
+    resolution and the fused kernel reads the result by index: the full-resolution scale and
+    shift never exist in memory. Parameter names match diffusers / MoVQ / KVAE
+    (``norm_layer.*``, ``conv_y.*``, ``conv_b.*``).
+    """
+
+    def __init__(
+        self,
+        f_channels: int,
+        zq_channels: int,
+        num_groups: int = 32,
+        eps: float = 1e-6,
+        act: str | None = None,
+    ) -> None:
+        super().__init__()
+        if act not in ACTS:
+            raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+        self.norm_layer = nn.GroupNorm(num_channels=f_channels, num_groups=num_groups, eps=eps, affine=True)
+        self.conv_y = nn.Conv2d(zq_channels, f_channels, kernel_size=1, stride=1, padding=0)
+        self.conv_b = nn.Conv2d(zq_channels, f_channels, kernel_size=1, stride=1, padding=0)
+        self.act = act
+
+    def forward(self, f: Tensor, zq: Tensor) -> Tensor:
+        if not isinstance(zq, Tensor) or zq.dim() != 4 or zq.shape[0] != f.shape[0]:
+            raise ValueError(
+                f"zq must be (N, C_zq, h, w) with the batch size of f {tuple(f.shape)}, got "
+                f"{tuple(zq.shape) if isinstance(zq, Tensor) else type(zq).__name__}"
+            )
+        if zq.shape[-2] > f.shape[-2] or zq.shape[-1] > f.shape[-1]:
+            # Larger conditioning than the feature map: downsample it like diffusers would.
+            zq = torch.nn.functional.interpolate(zq, size=f.shape[-2:], mode="nearest")
+        norm = self.norm_layer
+        return fused_group_norm(
+            f,
+            norm.num_groups,
+            norm.weight,
+            norm.bias,
+            gamma=self.conv_y(zq),
+            beta=self.conv_b(zq),
+            eps=norm.eps,
+            act=self.act,
+        )
+
+    def extra_repr(self) -> str:
+        return f"act={self.act!r}" if self.act else ""
+
+
+class ReflectConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with reflect padding, without materialising the padded tensor.
+
+    Same constructor, parameters and state_dict keys as ``nn.Conv2d``; ``padding_mode`` is always
+    ``"reflect"``. ``pad4`` (left, right, top, bottom) overrides the symmetric padding, e.g.
+    ``(0, 1, 0, 1)`` for the LDM stride-2 downsample.
+    """
+
+    def __init__(self, *args, pad4: tuple[int, int, int, int] | None = None, **kwargs) -> None:
+        kwargs["padding_mode"] = "reflect"
+        super().__init__(*args, **kwargs)
+        self.pad4 = None if pad4 is None else tuple(int(p) for p in pad4)
+
+    def _pad4(self) -> tuple[int, int, int, int]:
+        if self.pad4 is not None:
+            return self.pad4
+        ph, pw = self.padding  # type: ignore[misc]
+        return (pw, pw, ph, ph)
+
+    def forward(self, x: Tensor) -> Tensor:
+        from . import reference
+
+        return reference.reflect_conv2d(x, self.weight, self.bias, self.stride[0], self._pad4())

@@ -1,0 +1,294 @@
+"""The fused GroupNorm family: ``y = act(GroupNorm(x) * up(gamma) + up(beta))``.
+
+One op covers plain GN (``gamma = beta = None``), GN + SiLU (``act="silu"``) and the spatially
+conditional norm of MoVQ / VIVAT (``gamma``, ``beta`` of shape (N, C, h, w), nearest-upsampled to
+(H, W) by index inside the kernel). It is registered as ``vivat::group_norm_fwd`` and
+``vivat::group_norm_bwd`` (``torch.library.custom_op``) with fake kernels and autograd, so
+``torch.compile(fullgraph=True)`` sees one opaque node per call and no graph break.
+
+Backend contract (``triton`` and ``cpp`` implement the same two functions):
+
+* ``group_norm_fwd(x, weight, bias, gamma, beta, num_groups, eps, silu) -> (y, mean, rstd)``
+  x dense NCHW or channels_last; weight/bias (C,) or None; gamma/beta (N, C, h, w) in x's memory
+  format or None; each of the four has x's dtype or float32. y = empty_like(x), filled;
+  mean/rstd (N, G) float32 (float64 for float64 x).
+* ``group_norm_bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, silu, mask)
+  -> (dx, dweight, dbias, dgamma, dbeta)``: dy in x's layout; ``mask`` is five bools saying which
+  gradients are wanted, unwanted ones (and those of absent inputs) are None. dx like x;
+  dweight/dbias in the accumulation dtype (float32, float64 for float64 x); dgamma/dbeta like
+  gamma/beta, at low resolution (the sum over each upsampled block).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _backend, reference
+from ._common import as_format, check_param_dtype, check_same_device, check_tensor, memory_format_of
+
+ACTS = (None, "silu")
+
+
+# --------------------------------------------------------------------------------------------
+# torch backend: the reference forward, and its autograd for the backward
+# --------------------------------------------------------------------------------------------
+def _torch_fwd(x, weight, bias, gamma, beta, num_groups, eps, silu):
+    y = reference.group_norm(
+        x, num_groups, weight, bias, gamma=gamma, beta=beta, eps=eps, act="silu" if silu else None
+    )
+    mean, rstd = reference.group_stats(x, num_groups, eps)
+    return y.contiguous(memory_format=memory_format_of(x)), mean, rstd
+
+
+def _block_sum(t: Tensor, h: int, w: int) -> Tensor:
+    """Transpose of nearest upsampling (N, C, H, W) -> (N, C, h, w): sum over each source block."""
+    H, W = t.shape[-2:]
+    if (h, w) == (H, W):
+        return t
+    rows = nearest_source_index(h, H, t.device)
+    cols = nearest_source_index(w, W, t.device)
+    rh = torch.nn.functional.one_hot(rows, h).to(t.dtype)  # (H, h)
+    rw = torch.nn.functional.one_hot(cols, w).to(t.dtype)  # (W, w)
+    return torch.einsum("nchw,hi,wj->ncij", t, rh, rw)
+
+
+def nearest_source_index(src: int, dst: int, device=None) -> Tensor:
+    """For each of ``dst`` output positions, the source index ``F.interpolate(mode="nearest")`` reads."""
+    probe = torch.arange(src, dtype=torch.float32, device=device).view(1, 1, src, 1)
+    return torch.nn.functional.interpolate(probe, size=(dst, 1), mode="nearest").view(dst).long()
+
+
+def _torch_bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, silu, mask):
+    # Plain formulas in the accumulation dtype, recomputing the normalised value from mean/rstd.
+    n, c, H, W = x.shape
+    g = num_groups
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(acc).reshape(n, g, -1)
+    xhat = ((xf - mean.to(acc).unsqueeze(-1)) * rstd.to(acc).unsqueeze(-1)).reshape(n, c, H, W)
+    a = xhat
+    if weight is not None:
+        a = a * weight.to(acc).view(1, c, 1, 1)
+    if bias is not None:
+        a = a + bias.to(acc).view(1, c, 1, 1)
+    size = (H, W)
+    gu = None if gamma is None else reference.nearest_up(gamma, size).to(acc)
+    bu = None if beta is None else reference.nearest_up(beta, size).to(acc)
+    dp = dy.to(acc)
+    if silu:
+        p = a if gu is None else a * gu
+        if bu is not None:
+            p = p + bu
+        s = torch.sigmoid(p)
+        dp = dp * s * (1 + p * (1 - s))
+    dgamma = _block_sum(dp * a, *gamma.shape[-2:]) if (gamma is not None and mask[3]) else None
+    dbeta = _block_sum(dp, *beta.shape[-2:]) if (beta is not None and mask[4]) else None
+    da = dp if gu is None else dp * gu
+    dbias = da.sum(dim=(0, 2, 3)) if (bias is not None and mask[2]) else None
+    dweight = (da * xhat).sum(dim=(0, 2, 3)) if (weight is not None and mask[1]) else None
+    dx = None
+    if mask[0]:
+        dxhat = da if weight is None else da * weight.to(acc).view(1, c, 1, 1)
+        dxhat = dxhat.reshape(n, g, -1)
+        xh = xhat.reshape(n, g, -1)
+        m1 = dxhat.mean(-1, keepdim=True)
+        m2 = (dxhat * xh).mean(-1, keepdim=True)
+        dx = (rstd.to(acc).unsqueeze(-1) * (dxhat - m1 - xh * m2)).reshape(n, c, H, W)
+        dx = dx.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+    return (
+        dx,
+        dweight,
+        dbias,
+        None if dgamma is None else dgamma.to(gamma.dtype).contiguous(memory_format=memory_format_of(gamma)),
+        None if dbeta is None else dbeta.to(beta.dtype).contiguous(memory_format=memory_format_of(beta)),
+    )
+
+
+def _impl(backend: str):
+    if backend == "triton":
+        from ..triton import group_norm as mod
+
+        return mod.group_norm_fwd, mod.group_norm_bwd
+    if backend == "cpp":
+        from .._build import load_extension
+
+        ext = load_extension()
+        return ext.group_norm_fwd, ext.group_norm_bwd
+    return _torch_fwd, _torch_bwd
+
+
+def selected_backend(x: Tensor) -> tuple[str, str]:
+    """The backend this op would use for ``x`` now, and why."""
+    if x.numel() == 0:
+        return "torch", "empty tensor"
+    backend, why = _backend.resolve(x.device)
+    if backend == "cpp" and x.dtype == torch.float16:
+        # The C++ kernels are written for fp32/fp64/bf16; fp16 on CPU is rare and stays eager.
+        return "torch", "cpp backend has no float16 kernel"
+    return backend, why
+
+
+def _none_to_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return like.new_empty(0) if t is None else t
+
+
+# --------------------------------------------------------------------------------------------
+# custom ops
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("vivat::group_norm_fwd", mutates_args=())
+def group_norm_fwd(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    num_groups: int,
+    eps: float,
+    act: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    fwd, _ = _impl(selected_backend(x)[0])
+    y, mean, rstd = fwd(x, weight, bias, gamma, beta, num_groups, eps, act == "silu")
+    return y, mean, rstd
+
+
+@group_norm_fwd.register_fake
+def _(x, weight, bias, gamma, beta, num_groups, eps, act):
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    stats = x.new_empty((x.shape[0], num_groups), dtype=acc)
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("vivat::group_norm_bwd", mutates_args=())
+def group_norm_bwd(
+    dy: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    num_groups: int,
+    eps: float,
+    act: str,
+    mask: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    mask = [bool(m) and t is not None for m, t in zip(mask, (x, weight, bias, gamma, beta))]
+    _, bwd = _impl(selected_backend(x)[0])
+    grads = bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, act == "silu", mask)
+    return tuple(_none_to_empty(g, x) for g in grads)  # type: ignore[return-value]
+
+
+@group_norm_bwd.register_fake
+def _(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, act, mask):
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = []
+    for t, m, is_param in zip((x, weight, bias, gamma, beta), mask, (False, True, True, False, False)):
+        if t is None or not m:
+            out.append(x.new_empty(0))
+        else:
+            out.append(torch.empty_like(t, dtype=acc if is_param else t.dtype))
+    return tuple(out)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, gamma, beta, num_groups, eps, act = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, gamma, beta, mean, rstd)
+    ctx.num_groups = num_groups
+    ctx.eps = eps
+    ctx.act = act
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x, weight, bias, gamma, beta, mean, rstd = ctx.saved_tensors
+    mask = [bool(m) for m in ctx.needs_input_grad[:5]]
+    if not any(mask):
+        return None, None, None, None, None, None, None, None
+    dy = dy.contiguous(memory_format=memory_format_of(x))  # no copy when layouts already agree
+    grads = group_norm_bwd(dy, x, weight, bias, gamma, beta, mean, rstd, ctx.num_groups, ctx.eps, ctx.act, mask)
+    outs = []
+    for g, t, m in zip(grads, (x, weight, bias, gamma, beta), mask):
+        outs.append(g.to(t.dtype) if (m and t is not None) else None)
+    return (*outs, None, None, None)
+
+
+group_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# public function
+# --------------------------------------------------------------------------------------------
+def _check(x, num_groups, weight, bias, gamma, beta, eps, act) -> None:
+    check_tensor("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int):
+        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
+    n, c, h, w = x.shape
+    if num_groups <= 0:
+        raise ValueError(f"num_groups must be positive, got {num_groups}")
+    if c % num_groups != 0:
+        raise ValueError(f"num_groups={num_groups} must divide the channel count C={c} of x {tuple(x.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            check_tensor(name, t)
+            if tuple(t.shape) != (c,):
+                raise ValueError(f"{name} must have shape ({c},) for x of shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        if t is not None:
+            check_tensor(name, t)
+            if t.dim() != 4 or t.shape[0] != n or t.shape[1] != c or t.shape[2] > h or t.shape[3] > w:
+                raise ValueError(
+                    f"{name} must have shape ({n}, {c}, h, w) with 1 <= h <= {h} and 1 <= w <= {w} "
+                    f"for x of shape {tuple(x.shape)}, got {tuple(t.shape)}"
+                )
+            if (t.shape[2] == 0 or t.shape[3] == 0) and h * w > 0:
+                raise ValueError(f"{name} must have h, w >= 1, got shape {tuple(t.shape)}")
+    check_same_device(x, weight=weight, bias=bias, gamma=gamma, beta=beta)
+    for name, t in (("weight", weight), ("bias", bias), ("gamma", gamma), ("beta", beta)):
+        check_param_dtype(x, name, t)
+
+
+def fused_group_norm(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    eps: float = 1e-6,
+    act: str | None = None,
+) -> Tensor:
+    """``act(GroupNorm(x; num_groups, weight, bias, eps) * up(gamma) + up(beta))`` in one pass.
+
+    Args:
+        x: (N, C, H, W), NCHW or channels_last (the output keeps x's memory format); float32,
+            float16, bfloat16, or float64. Statistics and accumulation are always fp32 (fp64 for
+            fp64 inputs).
+        num_groups: number of groups G; must divide C.
+        weight, bias: optional per-channel affine (C,), dtype x.dtype or float32.
+        gamma, beta: optional (N, C, h, w) with h <= H, w <= W, upsampled to (H, W) by nearest
+            neighbour exactly as ``F.interpolate(mode="nearest")`` does it (never materialised).
+        eps: added to the variance, > 0.
+        act: None or ``"silu"``.
+
+    Backward gives dx, dweight, dbias and dgamma/dbeta at their own (low) resolution.
+    """
+    _check(x, num_groups, weight, bias, gamma, beta, eps, act)
+    fmt = memory_format_of(x)
+    x = as_format(x, fmt)
+    gamma = as_format(gamma, fmt)
+    beta = as_format(beta, fmt)
+    y, _, _ = group_norm_fwd(x, weight, bias, gamma, beta, num_groups, float(eps), act or "none")
+    return y
