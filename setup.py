@@ -43,7 +43,7 @@ setup(
         "scikit-image",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "torchmetrics"],
+        "test": ["pytest", "hypothesis", "torchmetrics", "diffusers", "lpips"],
         "bench": ["pytest-benchmark", "matplotlib"],
         "eval": ["lpips", "torchmetrics"],
         "interop": ["diffusers", "safetensors"],

@@ -36,7 +36,8 @@ def source_dir() -> Path:
 
 
 def _flags() -> tuple[list[str], list[str]]:
-    cflags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast"]
+    # No -std flag: torch's cpp_extension adds the standard its headers need (C++17 or C++20).
+    cflags = ["-O3", "-fopenmp", "-ffp-contract=fast"]
     if platform.machine() in ("x86_64", "AMD64"):
         # Built on the machine that runs it (the cache key includes the CPU), so native is safe.
         cflags.append("-march=native")
@@ -80,20 +81,27 @@ def load_extension(verbose: bool = False) -> ModuleType | None:
             _error = "disabled by VIVAT_NO_CPP"
         else:
             try:
+                import logging
+
                 from torch.utils import cpp_extension
 
-                sources = sorted(source_dir().glob("*.cpp"))
+                # A CPU-only build needs no CUDA toolkit; silence torch's notice about it.
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+                src = source_dir()
+                sources = sorted(src.glob("*.cpp"))
                 cflags, ldflags = _flags()
                 _ext = cpp_extension.load(
                     name=_EXT_NAME,
                     sources=[str(s) for s in sources],
                     extra_cflags=cflags,
                     extra_ldflags=ldflags,
-                    build_directory=str(build_directory(sources)),
+                    extra_include_paths=[str(src)],
+                    build_directory=str(build_directory(sorted(src.glob("*.cpp")) + sorted(src.glob("*.h")))),
                     verbose=verbose,
                 )
             except Exception as exc:  # noqa: BLE001 - any build failure means "fall back"
-                _error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
+                _error = f"{type(exc).__name__}: {_first_error_line(str(exc))}"
                 _ext = None
                 warnings.warn(
                     f"vivat_kernels: the C++ extension could not be built ({_error}); "
@@ -103,6 +111,15 @@ def load_extension(verbose: bool = False) -> ModuleType | None:
                 )
         _tried = True
     return _ext
+
+
+def _first_error_line(text: str) -> str:
+    """The compiler's first ``error:`` line, which says more than ninja's closing line."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if "error:" in ln or "Error:" in ln:
+            return ln[:300]
+    return lines[-1][:300] if lines else "unknown error"
 
 
 def build_error() -> str | None:

@@ -106,9 +106,11 @@ class SpatialNorm(nn.Module):
 class ReflectConv2d(nn.Conv2d):
     """``nn.Conv2d`` with reflect padding, without materialising the padded tensor.
 
-    Same constructor, parameters and state_dict keys as ``nn.Conv2d``; ``padding_mode`` is always
-    ``"reflect"``. ``pad4`` (left, right, top, bottom) overrides the symmetric padding, e.g.
-    ``(0, 1, 0, 1)`` for the LDM stride-2 downsample.
+    Same constructor, parameters and state_dict keys as ``nn.Conv2d``, so ``nn.Conv2d`` weights
+    load unchanged; ``padding_mode`` is always ``"reflect"``. ``pad4`` (left, right, top, bottom)
+    overrides the symmetric padding, e.g. ``(0, 1, 0, 1)`` for the LDM stride-2 downsample.
+    Runs :func:`vivat_kernels.reflect_conv2d` (groups 1, dilation 1, odd kernels, equal strides);
+    other configurations fall back to the eager ``F.pad`` + ``F.conv2d``.
     """
 
     def __init__(self, *args, pad4: tuple[int, int, int, int] | None = None, **kwargs) -> None:
@@ -116,13 +118,43 @@ class ReflectConv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.pad4 = None if pad4 is None else tuple(int(p) for p in pad4)
 
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, pad4: tuple[int, int, int, int] | None = None) -> ReflectConv2d:
+        """A ReflectConv2d sharing ``conv``'s parameters (no copy), to put in place of it.
+
+        ``conv`` may have any padding mode (zeros, reflect, replicate, circular); the result pads
+        by reflection with the same amounts (or ``pad4``).
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"from_conv expects an nn.Conv2d, got {type(conv).__name__}")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
+                     "output_padding", "groups", "_reversed_padding_repeated_twice"):
+            setattr(new, name, getattr(conv, name))
+        new.padding_mode = "reflect"
+        new.register_parameter("weight", conv.weight)
+        new.register_parameter("bias", conv.bias)
+        new.pad4 = None if pad4 is None else tuple(int(p) for p in pad4)
+        new.train(conv.training)
+        return new
+
     def _pad4(self) -> tuple[int, int, int, int]:
         if self.pad4 is not None:
             return self.pad4
-        ph, pw = self.padding  # type: ignore[misc]
-        return (pw, pw, ph, ph)
+        # F.pad order (left, right, top, bottom); also right for padding="same" / "valid".
+        return tuple(int(p) for p in self._reversed_padding_repeated_twice)  # type: ignore[return-value]
 
     def forward(self, x: Tensor) -> Tensor:
-        from . import reference
+        from .ops.reflect_conv import reflect_conv2d
 
-        return reference.reflect_conv2d(x, self.weight, self.bias, self.stride[0], self._pad4())
+        pad4 = self._pad4()
+        kh, kw = self.kernel_size
+        if self.groups == 1 and tuple(self.dilation) == (1, 1) and self.stride[0] == self.stride[1] \
+                and kh % 2 == 1 and kw % 2 == 1:
+            return reflect_conv2d(x, self.weight, self.bias, self.stride[0], pad4)
+        x = torch.nn.functional.pad(x, pad4, mode="reflect") if any(pad4) else x
+        return torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", pad4={self.pad4}" if self.pad4 is not None else "")

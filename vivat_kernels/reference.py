@@ -53,7 +53,7 @@ def group_norm(
 def group_stats(x: torch.Tensor, num_groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(sample, group) mean and 1/std (biased variance), fp32 (fp64 for fp64 x)."""
     n = x.shape[0]
-    xf = x.reshape(n, num_groups, -1).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    xf = x.reshape(n, num_groups, x.numel() // max(n * num_groups, 1)).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     var, mean = torch.var_mean(xf, dim=-1, unbiased=False)
     return mean, torch.rsqrt(var + eps)
 

@@ -47,7 +47,7 @@ def _block_sum(t: Tensor, h: int, w: int) -> Tensor:
     """Transpose of nearest upsampling (N, C, H, W) -> (N, C, h, w): sum over each source block."""
     H, W = t.shape[-2:]
     if (h, w) == (H, W):
-        return t
+        return t.clone()  # never alias dy: a custom op's outputs must not share storage with inputs
     rows = nearest_source_index(h, H, t.device)
     cols = nearest_source_index(w, W, t.device)
     rh = torch.nn.functional.one_hot(rows, h).to(t.dtype)  # (H, h)
@@ -66,7 +66,7 @@ def _torch_bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, si
     n, c, H, W = x.shape
     g = num_groups
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xf = x.to(acc).reshape(n, g, -1)
+    xf = x.to(acc).reshape(n, g, c // g * H * W)
     xhat = ((xf - mean.to(acc).unsqueeze(-1)) * rstd.to(acc).unsqueeze(-1)).reshape(n, c, H, W)
     a = xhat
     if weight is not None:
@@ -91,8 +91,8 @@ def _torch_bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, si
     dx = None
     if mask[0]:
         dxhat = da if weight is None else da * weight.to(acc).view(1, c, 1, 1)
-        dxhat = dxhat.reshape(n, g, -1)
-        xh = xhat.reshape(n, g, -1)
+        dxhat = dxhat.reshape(n, g, c // g * H * W)
+        xh = xhat.reshape(n, g, c // g * H * W)
         m1 = dxhat.mean(-1, keepdim=True)
         m2 = (dxhat * xh).mean(-1, keepdim=True)
         dx = (rstd.to(acc).unsqueeze(-1) * (dxhat - m1 - xh * m2)).reshape(n, c, H, W)
