@@ -1,0 +1,233 @@
+"""Benchmark the fused GroupNorm family against eager PyTorch and torch.compile.
+
+Two workloads, each forward (no grad) and forward+backward:
+
+* ``scn``: spatially conditional norm + SiLU as a decoder uses it. Eager and compiled run the
+  diffusers / MoVQ formulation (nearest-upsample zq to full resolution, two full-resolution 1x1
+  convs, GroupNorm, mul, add, SiLU); vivat runs ``vivat_kernels.nn.SpatialNorm(act="silu")``
+  (1x1 convs at latent resolution, one fused kernel). zq has 16 channels at 1/8 resolution (f8).
+* ``gn_silu``: ``F.silu(F.group_norm(x, 32, w, b))`` vs ``fused_group_norm(..., act="silu")``.
+
+Effective bandwidth uses the floor of the byte model in KERNELS.md: forward reads x and writes y
+(2 bytes-per-element x s), forward+backward adds reading x and dy and writing dx (5 s in all).
+The fused kernels move 3 s forward (x is read twice) and 5 s backward, so "fused model GB/s" is
+what the DRAM actually carried. Run ``python bench/bench_group_norm.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    RESULTS,
+    copy_bandwidth_gbps,
+    environment,
+    markdown_table,
+    peak_extra_mb,
+    time_ms,
+    write_results,
+)
+from vivat_kernels import fused_group_norm  # noqa: E402
+from vivat_kernels.nn import SpatialNorm  # noqa: E402
+from vivat_kernels.ops.group_norm import selected_backend  # noqa: E402
+
+CPU_SHAPES = [(1, 128, 256, 256), (1, 256, 128, 128), (4, 512, 64, 64)]
+GPU_EXTRA = [(1, 128, 1024, 1024), (1, 512, 256, 256)]
+Z_CHANNELS = 16
+GROUPS = 32
+
+
+class EagerSCN(nn.Module):
+    """diffusers' SpatialNorm followed by SiLU: everything at full resolution."""
+
+    def __init__(self, f_channels: int, zq_channels: int):
+        super().__init__()
+        self.norm_layer = nn.GroupNorm(GROUPS, f_channels, eps=1e-6)
+        self.conv_y = nn.Conv2d(zq_channels, f_channels, 1)
+        self.conv_b = nn.Conv2d(zq_channels, f_channels, 1)
+
+    def forward(self, f, zq):
+        zq = F.interpolate(zq, size=f.shape[-2:], mode="nearest")
+        return F.silu(self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq))
+
+
+class EagerGNSiLU(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(GROUPS, channels, eps=1e-6)
+
+    def forward(self, x):
+        return F.silu(self.norm(x))
+
+
+class FusedGNSiLU(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(GROUPS, channels, eps=1e-6)
+
+    def forward(self, x):
+        return fused_group_norm(x, GROUPS, self.norm.weight, self.norm.bias, eps=1e-6, act="silu")
+
+
+def build(workload: str, shape, dtype, device, channels_last: bool):
+    n, c, h, w = shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    if workload == "scn":
+        eager = EagerSCN(c, Z_CHANNELS)
+        fused = SpatialNorm(c, Z_CHANNELS, num_groups=GROUPS, act="silu")
+        zq = torch.randn(n, Z_CHANNELS, max(h // 8, 1), max(w // 8, 1), device=device, dtype=dtype)
+        zq = zq.contiguous(memory_format=fmt)
+        inputs = (x, zq)
+    else:
+        eager = EagerGNSiLU(c)
+        fused = FusedGNSiLU(c)
+        inputs = (x,)
+    for m in (eager, fused):
+        m.to(device=device, dtype=dtype)
+        for p in m.parameters():
+            with torch.no_grad():
+                p.normal_(0.0, 0.5)  # random, never zeros
+    fused.load_state_dict(eager.state_dict())
+    return eager, fused, inputs
+
+
+def run_case(workload, shape, dtype, device, channels_last, args, copy_gbps):
+    eager, fused, inputs = build(workload, shape, dtype, device, channels_last)
+    torch._dynamo.reset()
+    compiled = torch.compile(eager, fullgraph=True)
+    numel = torch.Size(shape).numel()
+    s = torch.empty((), dtype=dtype).element_size()
+    paths = {"eager": eager, "compile": compiled, "vivat": fused}
+
+    # correctness check of the fused path against eager before timing it
+    with torch.no_grad():
+        ref = eager(*inputs).float()
+        got = fused(*inputs).float()
+    err = ((got - ref).norm() / ref.norm()).item()
+
+    row = {
+        "workload": workload,
+        "shape": "x".join(map(str, shape)),
+        "dtype": str(dtype).replace("torch.", ""),
+        "layout": "cl" if channels_last else "nchw",
+        "backend": selected_backend(inputs[0])[0],
+        "rel_err": err,
+    }
+    grad_inputs = [t.detach().requires_grad_(True) for t in inputs]
+    dy = torch.randn_like(inputs[0])
+
+    def fwd(m):
+        def f():
+            with torch.no_grad():
+                return m(*inputs)
+        return f
+
+    def fwd_bwd(m):
+        def f():
+            y = m(*grad_inputs)
+            y.backward(dy)
+            return y
+        return f
+
+    for name, m in paths.items():
+        row[f"fwd_ms_{name}"] = time_ms(fwd(m), device, warmup=args.warmup, reps=args.reps)
+        row[f"fb_ms_{name}"] = time_ms(fwd_bwd(m), device, warmup=args.warmup, reps=args.reps)
+        if device.type == "cuda":
+            row[f"fb_peak_mb_{name}"] = peak_extra_mb(fwd_bwd(m), device)
+    for kind in ("fwd", "fb"):
+        row[f"{kind}_x_eager"] = row[f"{kind}_ms_eager"] / row[f"{kind}_ms_vivat"]
+        row[f"{kind}_x_compile"] = row[f"{kind}_ms_compile"] / row[f"{kind}_ms_vivat"]
+    row["fwd_eff_gbps"] = 2 * s * numel / (row["fwd_ms_vivat"] * 1e-3) / 1e9
+    row["fwd_model_gbps"] = 3 * s * numel / (row["fwd_ms_vivat"] * 1e-3) / 1e9
+    row["fb_eff_gbps"] = 5 * s * numel / (row["fb_ms_vivat"] * 1e-3) / 1e9
+    if copy_gbps:
+        row["fwd_eff_of_copy"] = row["fwd_eff_gbps"] / copy_gbps
+    return row
+
+
+COLUMNS = [
+    ("workload", "op"), ("shape", "shape"), ("dtype", "dtype"), ("layout", "layout"), ("backend", "backend"),
+    ("fwd_ms_eager", "fwd eager ms"), ("fwd_ms_compile", "fwd compile ms"), ("fwd_ms_vivat", "fwd vivat ms"),
+    ("fwd_x_eager", "fwd ×eager"), ("fwd_x_compile", "fwd ×compile"),
+    ("fb_ms_eager", "f+b eager ms"), ("fb_ms_compile", "f+b compile ms"), ("fb_ms_vivat", "f+b vivat ms"),
+    ("fb_x_eager", "f+b ×eager"), ("fb_x_compile", "f+b ×compile"),
+    ("fwd_eff_gbps", "fwd eff GB/s"), ("fwd_eff_of_copy", "fwd eff / copy"), ("fb_eff_gbps", "f+b eff GB/s"),
+    ("rel_err", "rel err"),
+]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    ap.add_argument("--dtypes", default=None, help="comma list (default: cpu float32,bfloat16; cuda bfloat16,float32)")
+    ap.add_argument("--layouts", default="nchw", help="comma list of nchw, cl")
+    ap.add_argument("--workloads", default="scn,gn_silu")
+    ap.add_argument("--shapes", default=None, help="e.g. 1x128x256x256,4x512x64x64 (default: the issue's set)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="one small shape, fp32, few reps (a smoke test)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "local", help="folder for the JSON + markdown results")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    else:
+        shapes = CPU_SHAPES + (GPU_EXTRA if device.type == "cuda" else [])
+    default_dtypes = "float32,bfloat16" if device.type == "cpu" else "bfloat16,float32"
+    dtypes = [getattr(torch, d) for d in (args.dtypes or default_dtypes).split(",")]
+    if args.quick:
+        shapes, dtypes, args.warmup, args.reps = [(1, 64, 64, 64)], [torch.float32], 1, 3
+    layouts = [lay == "cl" for lay in args.layouts.split(",")]
+    copy_gbps = copy_bandwidth_gbps(device) if device.type == "cuda" else None
+
+    rows = []
+    for workload in args.workloads.split(","):
+        for shape in shapes:
+            for dtype in dtypes:
+                if device.type == "cuda" and dtype == torch.float32 and shape in GPU_EXTRA:
+                    continue  # the large GPU shapes are a bf16 target
+                for cl in layouts:
+                    row = run_case(workload, shape, dtype, device, cl, args, copy_gbps)
+                    rows.append(row)
+                    print(
+                        f"{workload:8s} {row['shape']:>16s} {row['dtype']:9s} {row['layout']:4s} "
+                        f"fwd {row['fwd_x_eager']:.2f}x eager {row['fwd_x_compile']:.2f}x compile | "
+                        f"f+b {row['fb_x_eager']:.2f}x eager {row['fb_x_compile']:.2f}x compile",
+                        flush=True,
+                    )
+                    if not args.quick:  # rewrite after every row: a run cut short keeps what it measured
+                        report(rows, device, copy_gbps, args.out, quiet=True)
+    markdown = report(rows, device, copy_gbps, None if args.quick else args.out)
+    print()
+    print(markdown)
+    return 0
+
+
+def report(rows, device, copy_gbps, out_dir, quiet=False) -> str:
+    env = environment(device)
+    env["copy_gbps"] = copy_gbps
+    md = [f"# GroupNorm family benchmark — {env['device']}, {env['date']}", "",
+          f"torch {env['torch']}, triton {env['triton']}, threads {env['threads']}"
+          + (f", device-to-device copy {copy_gbps:.0f} GB/s" if copy_gbps else ""),
+          "Medians after warm-up; ratios = other path's time / vivat's time (higher is better), one run.", "",
+          markdown_table(rows, COLUMNS)]
+    markdown = "\n".join(md)
+    if out_dir is not None:
+        jpath, mpath = write_results(out_dir, "group_norm", device, {"env": env, "rows": rows}, markdown)
+        if not quiet:
+            print(f"wrote {jpath} and {mpath}")
+    return markdown
+
+
+if __name__ == "__main__":
+    sys.exit(main())

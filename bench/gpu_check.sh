@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# GPU check: on a CUDA machine, run the GPU tests (compiled Triton, the same matrix as CI plus
+# bf16 and the (1,128,1024,1024) case) and the GPU benchmarks, writing everything to
+# bench/results/ (JSON + markdown named after the date and the GPU). About 9 minutes with the
+# default step limits; shorten them with TEST_S, CONV_TEST_S, GN_BENCH_S, CONV_BENCH_S (seconds).
+# Optional packages (lpips, diffusers) may be missing there; tests that need them skip.
+#   usage: bash bench/gpu_check.sh            (results also copied to $OUT when it is set)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+unset TRITON_INTERPRET
+export VIVAT_NO_CPP=1   # the CPU extension is not what this checks; skip its build
+RES=bench/results
+mkdir -p "$RES"
+day=$(date -u +%F)
+gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name(0))" | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//' | tr A-Z a-z)
+log="$RES/gpu-check-$day-$gpu.log"
+step() { echo; echo "=== $* ($(date -u +%T))"; }
+# copy what exists so far to $OUT after every step, so a run cut short still returns its results
+save() { [ -n "${OUT:-}" ] && ls "$RES"/*"$day"*"$gpu"*.json "$RES"/*"$day"*"$gpu"*.md 2>/dev/null | head -6 | xargs -r cp -t "$OUT"/; }
+{
+  step "device"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv || true
+  python3 -m vivat_kernels info
+  step "GPU tests: GroupNorm family (compiled Triton)"
+  timeout "${TEST_S:-150}" python3 -m pytest -q -p no:cacheprovider tests/test_group_norm.py tests/test_nn.py \
+      -k "cuda or gpu" -m "not slow" --durations=5 -rf
+  echo "pytest exit: $?"; save
+  step "GPU tests: reflect conv (compiled Triton)"
+  timeout "${CONV_TEST_S:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_reflect_conv.py \
+      -k "cuda or gpu" -m "not slow" --durations=5 -rf
+  echo "pytest exit: $?"; save
+  step "GroupNorm benchmark"
+  timeout "${GN_BENCH_S:-240}" python3 bench/bench_group_norm.py --device cuda --dtypes bfloat16 \
+      --layouts "${GN_LAYOUTS:-nchw,cl}" --out "$RES" --warmup 5 --reps 20
+  echo "bench exit: $?"; save
+  if [ -f bench/bench_reflect_conv.py ]; then
+    step "reflect conv benchmark"
+    timeout "${CONV_BENCH_S:-200}" python3 bench/bench_reflect_conv.py --device cuda --out "$RES"
+    echo "bench exit: $?"; save
+  fi
+  step "patched vs unpatched diffusers AutoencoderKL decode"
+  if python3 -c "import diffusers" 2>/dev/null; then
+    timeout "${PATCH_BENCH_S:-120}" python3 bench/bench_patch.py --device cuda --configs tiny,sd --dtype bfloat16 --out "$RES"
+    echo "bench exit: $?"; save
+  else
+    echo "diffusers is not installed here: skipped"
+  fi
+  step "done"
+} 2>&1 | tee "$log" ${OUT:+"$OUT/$(basename "$log")"}
