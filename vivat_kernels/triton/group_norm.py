@@ -52,7 +52,6 @@ division. Block sizes come from heuristics (memory-bound kernels; no autotuning)
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -312,7 +311,7 @@ def _apply_nchw_kernel(
         sc = _src_index(cols, b_scale_w, bw)
         bet = tl.load(be_ptr + n64 * sbn + c64 * sbc + sr[:, None] * sbh + sc[None, :] * sbw,
                       mask=m, other=0.0).to(ACC)
-    xhat, a, p = _gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
+    xhat, _, p = _gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
     oo = n64 * son + c64 * soc + r0.to(tl.int64) * soh
     if BWD:
         dp = tl.load(dy_ptr + n64 * sdn + c64 * sdc + r0.to(tl.int64) * sdh + lr * sdh
@@ -386,7 +385,7 @@ def _apply_cl_kernel(
         sc = _src_index(cols, b_scale_w, bw)
         bet = tl.load(be_ptr + n64 * sbn + sr.to(tl.int64) * sbh + sc[:, None] * sbw + chans[None, :] * sbc,
                       mask=m, other=0.0).to(ACC)
-    xhat, a, p = _gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
+    xhat, _, p = _gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
     if BWD:
         dp = tl.load(dy_ptr + n64 * sdn + r64 * sdh + cols[:, None] * sdw + chans[None, :] * sdc,
                      mask=m, other=0.0).to(ACC)
@@ -480,7 +479,7 @@ def _bwd_reduce_nchw_kernel(
     wc = tl.arange(0, BLOCK_W)
     acc1 = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
     acc2 = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
-    for u in range(0, NUNITS):
+    for u in range(NUNITS):
         if MODE == 2:
             j0 = u * CPB
             cs = tl.load(col_tab + j0)
@@ -593,8 +592,8 @@ def _bwd_reduce_cl_kernel(
     Grid (N*K, NJB, cdiv(C, BLOCK_C)). Row range k (rows [r0, r1), as in the NCHW kernel); column
     units [jb*UPP, min((jb+1)*UPP, NUNITS)) where a unit is one low-res column (mode 2: its
     high-res columns come from the column table, walked in BLOCK_W sub-blocks that all fold
-    into the unit's accumulator) or a BLOCK_W block of columns (other modes). Tile [BLOCK_W columns, BLOCK_C channels] of one image row, contiguous
-    along channels; the image row is a scalar loop variable, so the low-res row is a scalar too.
+    into the unit's accumulator) or a BLOCK_W block of columns (other modes). Tile [BLOCK_W
+    columns, BLOCK_C channels] of one image row, contiguous along channels; the image row is a scalar loop variable, so the low-res row is a scalar too.
     Writes (STATS) per-channel partial sums of da and da*xhat at p + n*p_sn + c*p_sc +
     (k*NJB + jb)*p_sk, and dgamma/dbeta block sums (or fp32 row-piece partials) as the NCHW kernel.
     Reads x and dy once (2s bytes/element) plus low-res gamma/beta.
@@ -736,7 +735,7 @@ def _warps_reduce(elems: int) -> int:
     return max(1, min(8, elems // 128))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -763,7 +762,7 @@ def _is_channels_last(x: Tensor) -> bool:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scale(src: int, dst: int) -> float:
     """float32(src) / float32(dst) as F.interpolate computes it; exactly representable in fp32."""
     return (torch.tensor(float(src), dtype=torch.float32) / torch.tensor(float(dst), dtype=torch.float32)).item()
@@ -804,7 +803,7 @@ def _row_blocks(H: int, rb: int, device: torch.device) -> Tensor:
     return hit
 
 
-def _lowres_args(t: Optional[Tensor], H: int, W: int, like: Tensor):
+def _lowres_args(t: Tensor | None, H: int, W: int, like: Tensor):
     """(tensor or dummy, h, w, scale_h, scale_w, 4 strides) for gamma/beta."""
     if t is None:
         return (like, 1, 1, 1.0, 1.0, 0, 0, 0, 0)
@@ -825,10 +824,10 @@ def _check_layout(x: Tensor, num_groups: int) -> tuple[int, int, int, int, int]:
 
 def group_norm_fwd(
     x: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    gamma: Tensor | None,
+    beta: Tensor | None,
     num_groups: int,
     eps: float,
     silu: bool,
@@ -905,8 +904,8 @@ def _launch_apply(x, dy, out, weight, bias, gamma, beta, mean, rstd, m1, m2, G, 
         *x.stride(), *d.stride(), *out.stride(),
         *g_args[1:], *b_args[1:],
     )
-    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, HAS_G=gamma is not None,
-                 HAS_BE=load_beta, SILU=bool(silu), BWD=bwd, ACC=ACC)
+    flags = {"HAS_W": weight is not None, "HAS_B": bias is not None, "HAS_G": gamma is not None,
+             "HAS_BE": load_beta, "SILU": bool(silu), "BWD": bwd, "ACC": ACC}
     if not cl:
         BLOCK_W = min(_np2(W), max(tile, 16))
         BLOCK_H = max(1, min(_np2(H), tile // BLOCK_W))
@@ -921,23 +920,23 @@ def _launch_apply(x, dy, out, weight, bias, gamma, beta, mean, rstd, m1, m2, G, 
                                num_warps=_warps(BLOCK_W * BLOCK_C), **flags)
 
 
-def _reduce_plan(lowres: Optional[tuple[int, int]], H: int, W: int, rows_target: int, device):
+def _reduce_plan(lowres: tuple[int, int] | None, H: int, W: int, rows_target: int, device):
     """How the reduction pass cuts rows and columns for one block-sum grid (see MODE above)."""
     if lowres is None or tuple(lowres) == (H, W):
         mode = 0 if lowres is None else 1
         rb = max(1, min(H, rows_target))
-        return dict(mode=mode, row_tab=_row_blocks(H, rb, device), cells_h=_cdiv(H, rb), KS=1,
-                    L_ROWS=rb, col_tab=None, cells_w=0, max_cw=1)
+        return {"mode": mode, "row_tab": _row_blocks(H, rb, device), "cells_h": _cdiv(H, rb), "KS": 1,
+                "L_ROWS": rb, "col_tab": None, "cells_w": 0, "max_cw": 1}
     h, w = lowres
     row_tab, max_rows = _cell_starts(h, H, device)
     KS = max(1, _cdiv(max_rows, rows_target))
     L_ROWS = _cdiv(max_rows, KS)
     if w == W:
-        return dict(mode=3, row_tab=row_tab, cells_h=h, KS=KS, L_ROWS=L_ROWS, col_tab=None,
-                    cells_w=W, max_cw=1)
+        return {"mode": 3, "row_tab": row_tab, "cells_h": h, "KS": KS, "L_ROWS": L_ROWS, "col_tab": None,
+                "cells_w": W, "max_cw": 1}
     col_tab, max_cw = _cell_starts(w, W, device)
-    return dict(mode=2, row_tab=row_tab, cells_h=h, KS=KS, L_ROWS=L_ROWS, col_tab=col_tab,
-                cells_w=w, max_cw=max_cw)
+    return {"mode": 2, "row_tab": row_tab, "cells_h": h, "KS": KS, "L_ROWS": L_ROWS, "col_tab": col_tab,
+            "cells_w": w, "max_cw": max_cw}
 
 
 def _blocksum_out(t: Tensor, plan, acc_t):
@@ -961,7 +960,6 @@ def _launch_reduce(x, dy, weight, bias, gamma, beta, mean, rstd, G, silu, cl, AC
     N, C, H, W = x.shape
     CPG = C // G
     dev = x.device
-    tile = _TUNE["tile"]
     mode = plan["mode"]
     # the reduction keeps four accumulators per tile element: half the elementwise tile
     tile_r = max(1, _TUNE["tile"] // 2)
@@ -1061,21 +1059,21 @@ def _launch_reduce(x, dy, weight, bias, gamma, beta, mean, rstd, G, silu, cl, AC
 def group_norm_bwd(
     dy: Tensor,
     x: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    gamma: Tensor | None,
+    beta: Tensor | None,
     mean: Tensor,
     rstd: Tensor,
     num_groups: int,
     eps: float,
     silu: bool,
     mask: list[bool],
-) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Backward: ``(dx, dweight, dbias, dgamma, dbeta)``, each None unless wanted by ``mask`` and
     its input exists. dx like x; dweight/dbias fp32 (fp64 for fp64 x); dgamma/dbeta at gamma's /
     beta's own (low) resolution, dtype and layout. Recomputes xhat from x and mean/rstd."""
-    N, C, H, W, CPG = _check_layout(x, num_groups)
+    N, _, H, W, CPG = _check_layout(x, num_groups)
     G = num_groups
     cl = _is_channels_last(x)
     acc_t, ACC = _acc_types(x)
