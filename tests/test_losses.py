@@ -189,7 +189,7 @@ def test_discriminator_loss():
 def test_lpips_missing_warns_and_disables(empty_torch_home):
     cfg = VAEConfig.from_preset("vivat-tiny").loss
     assert cfg.perceptual_weight == 1.0
-    with pytest.warns(RuntimeWarning, match=r"LPIPS disabled: .*vgg16-397923af.pth in .*torch_home.hub.checkpoints"):
+    with pytest.warns(RuntimeWarning, match=r"LPIPS disabled: .*vgg16-397923af.pth.* not found in .*torch_home.hub.checkpoints"):
         loss = VAELoss(cfg)
     assert loss.lpips is None and loss.perceptual_weight == 0.0
     assert "LPIPS disabled" in loss.lpips_status
@@ -200,8 +200,9 @@ def test_lpips_missing_warns_and_disables(empty_torch_home):
         VAELoss(dataclasses.replace(cfg, perceptual_weight=0.0))  # not wanted: not looked for
 
 
-def test_lpips_loads_local_files_only(empty_torch_home):
-    """Plumbing with a stand-in trunk file (random values): the loader maps and freezes it."""
+def test_lpips_loads_local_files_only(empty_torch_home, monkeypatch):
+    """Plumbing with a stand-in trunk file (random values): refused for its hash; with the hash
+    check patched out, the loader maps and freezes it."""
     ckpt = empty_torch_home / "hub" / "checkpoints"
     ckpt.mkdir(parents=True)
     widths = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256)]
@@ -213,7 +214,10 @@ def test_lpips_loads_local_files_only(empty_torch_home):
         trunk[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * 0.05
         trunk[f"features.{i}.bias"] = torch.zeros(cout)
     torch.save(trunk, ckpt / "vgg16-397923af.pth")
+    with pytest.raises(FileNotFoundError, match="LPIPS disabled: .*does not match torchvision's published SHA-256"):
+        load_lpips_vgg()
 
+    monkeypatch.setattr("vivat.metrics._trunk_hash_ok", lambda path: (True, ""))
     net = load_lpips_vgg()
     assert torch.equal(net.net.slice3.state_dict()["14.weight"], trunk["features.14.weight"])
     assert not net.training and not any(p.requires_grad for p in net.parameters())

@@ -361,3 +361,13 @@ def test_load_errors_name_the_keys(tmp_path):
     (out / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json"):
         AutoencoderKL.from_pretrained(out)
+
+
+def test_compile_for_training_is_in_place_and_leaves_the_last_conv_eager():
+    model = AutoencoderKL(VAEConfig.from_preset("vivat-tiny"))
+    keys = list(model.state_dict())
+    assert model.compile_for_training() is model
+    assert list(model.state_dict()) == keys  # nn.Module.compile: no _orig_mod prefixes
+    assert model.encoder._compiled_call_impl is not None
+    assert all(level._compiled_call_impl is not None for level in model.decoder.up)
+    assert model.decoder.conv_out._compiled_call_impl is None

@@ -237,6 +237,19 @@ def test_init_with_decoder_only_keeps_the_encoder(images, tmp_path):
     assert not torch.equal(after["decoder.conv_out.weight"], before["decoder.conv_out.weight"])
 
 
+def test_model_config_trains_a_custom_architecture(images, tmp_path):
+    custom = VAEConfig.from_preset("ldm-tiny").replace(scn=True, kl_weight=3e-7)
+    train(tiny_config(images, tmp_path / "run", preset=None, model_config=custom, steps=2, disc_start=1))
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert VAEConfig.from_dict(saved) == custom.replace(disc_start=1)
+    start = read_log(tmp_path / "run", "start")[0]
+    assert start["model_source"].startswith("the given model config")
+    with pytest.raises(ValueError, match="only one"):
+        tiny_config(images, tmp_path / "x", model_config=custom).check()
+    with pytest.raises(TypeError, match="VAEConfig"):
+        tiny_config(images, tmp_path / "x", preset=None, model_config={"ch": 32}).check()
+
+
 @pytest.mark.skipif(not (SHARED_PHOTOS / "train").is_dir(), reason="shared photos not present")
 def test_training_on_real_photos_lowers_the_reconstruction_loss(tmp_path):
     # 40 steps of 32-px crops, batch 2: the held-out L1 roughly halves (0.49 -> 0.25 here). Single

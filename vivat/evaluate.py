@@ -12,16 +12,18 @@ before scoring or saving (:func:`vivat.metrics.prepare_eval_image`).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .artifacts import SCORE_NAMES, FeatureRecorder, diagnose
 from .data import load_image, save_image, scan_images
-from .metrics import evaluate_pairs, load_lpips, lpips_status, prepare_eval_image, unpad
+from .metrics import evaluate_pairs, load_lpips, lpips_status, prepare_eval_image, quantize, unpad
 from .model import AutoencoderKL
 
 SIZING_MODES = ("crop", "pad")
@@ -38,7 +40,11 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
 
 @torch.no_grad()
 def reconstruct(
-    model: AutoencoderKL, image: Tensor, sizing: str = "pad", max_side: int | None = None
+    model: AutoencoderKL,
+    image: Tensor,
+    sizing: str = "pad",
+    max_side: int | None = None,
+    recorder: FeatureRecorder | None = None,
 ) -> tuple[Tensor, Tensor, str]:
     """Reconstruct one image (3, H, W) in [0, 1].
 
@@ -46,7 +52,8 @@ def reconstruct(
     photos). Returns ``(original, reconstruction, how)``: both (3, h, w) in [0, 1] on the CPU,
     where ``original`` is the region that was reconstructed (the full image with ``sizing="pad"``,
     the center crop with ``"crop"``) and ``how`` describes the sizing. The reconstruction is
-    clamped, not quantised.
+    clamped, not quantised. With a ``recorder`` (an open :class:`vivat.artifacts.FeatureRecorder`
+    on ``model``), the decoder's norm inputs of this image are left in ``recorder.features``.
     """
     if sizing not in SIZING_MODES:
         raise ValueError(f"sizing must be one of {SIZING_MODES}, got {sizing!r}")
@@ -60,6 +67,8 @@ def reconstruct(
     device = next(model.parameters()).device
     x, prep = prepare_eval_image(image.float(), mode=sizing, multiple=model.config.downsample_factor)
     z = model.encode(x[None].to(device) * 2 - 1).mode()
+    if recorder is not None:
+        recorder.clear()
     y = ((model.decode(z).float() + 1) / 2).clamp(0, 1)[0].cpu()
     return unpad(x, prep), unpad(y, prep), how + prep.describe()
 
@@ -86,6 +95,8 @@ def evaluate_folder(
     sizing: str = "crop",
     lpips: bool = True,
     max_side: int | None = None,
+    artifacts: bool = False,
+    keep: Callable[[Path, Tensor, Tensor, dict[str, Tensor]], None] | None = None,
 ) -> dict[str, Any]:
     """PSNR, SSIM and LPIPS (alex) of every image in a folder (recursive) or list, and their means.
 
@@ -93,6 +104,15 @@ def evaluate_folder(
     ``mean``, ``n``, ``sizing`` (what was done to make sizes multiples of 8) and ``settings``
     (every metric setting, from :func:`vivat.metrics.evaluate_pairs`). LPIPS is None, and the
     settings say why, when its weights are not available offline.
+
+    ``artifacts=True`` adds the five artifact scores of :func:`vivat.artifacts.diagnose` to every
+    image row and to ``mean`` (``color_shift``, ``grid``, ``blur``, ``border``, ``corner``,
+    ``droplet``, and ``droplet_features`` from the decoder's norm inputs), computed on the
+    quantised reconstruction as the metrics are. With ``sizing="pad"`` an image whose size is not
+    a multiple of 8 is center-cropped to one for these scores only. ``keep(path, x, x_hat,
+    features)``, if given, is called for every image with the scored original and reconstruction
+    (3, h, w) and, with ``artifacts=True``, the decoder feature maps (empty dict otherwise), so a
+    caller can keep what it wants to show without holding every image in memory.
     """
     paths = _image_paths(images)
     lpips_model, reason = None, "not requested"
@@ -100,22 +120,32 @@ def evaluate_folder(
         ok, reason = lpips_status("alex")
         lpips_model = load_lpips("alex") if ok else None
     originals, recons, rows = [], [], []
-    for path in paths:
-        image = load_image(path)
-        x, y, how = reconstruct(model, image, sizing, max_side)
-        originals.append(x)
-        recons.append(y)
-        rows.append(
-            {"file": str(path), "size": list(image.shape[-2:]), "scored_size": list(x.shape[-2:]), "sizing": how}
-        )
+    recorder = FeatureRecorder(model, device="cpu") if artifacts else None
+    with recorder if recorder is not None else contextlib.nullcontext():
+        for path in paths:
+            image = load_image(path)
+            x, y, how = reconstruct(model, image, sizing, max_side, recorder=recorder)
+            originals.append(x)
+            recons.append(y)
+            row = {"file": str(path), "size": list(image.shape[-2:]), "scored_size": list(x.shape[-2:]), "sizing": how}
+            features = dict(recorder.features) if recorder is not None else {}
+            if artifacts:
+                row.update(_artifact_scores(x, y, features))
+            if keep is not None:
+                keep(path, x, y, features)
+            rows.append(row)
     scores = evaluate_pairs(originals, recons, lpips_model, lpips_unavailable_reason=reason)
     for i, row in enumerate(rows):
         row["psnr"] = scores["psnr"][i]
         row["ssim"] = scores["ssim"][i]
         row["lpips"] = None if scores["lpips"] is None else scores["lpips"][i]
+    mean = {"psnr": scores["psnr_mean"], "ssim": scores["ssim_mean"], "lpips": scores["lpips_mean"]}
+    if artifacts:
+        for name in (*SCORE_NAMES, "droplet_features"):
+            mean[name] = float(sum(r[name] for r in rows) / len(rows))
     return {
         "n": scores["n"],
-        "mean": {"psnr": scores["psnr_mean"], "ssim": scores["ssim_mean"], "lpips": scores["lpips_mean"]},
+        "mean": mean,
         "sizing": (f"center-cropped to at most {max_side} px per side, then " if max_side else "")
         + (
             "center-cropped to a multiple of 8"
@@ -126,6 +156,15 @@ def evaluate_folder(
         "images": rows,
         "settings": scores["settings"],
     }
+
+
+def _artifact_scores(x: Tensor, y: Tensor, features: dict[str, Tensor]) -> dict[str, float]:
+    """diagnose() of one pair (3, h, w), on the quantised reconstruction, cropped to a multiple of 8."""
+    h, w = (s - s % 8 for s in x.shape[-2:])
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    xc = x[None, :, top : top + h, left : left + w]
+    yc = quantize(y[None, :, top : top + h, left : left + w])
+    return diagnose(xc, yc, features=features or None)
 
 
 def side_by_side(original: Tensor, reconstruction: Tensor, gap: int = 4) -> Tensor:

@@ -51,78 +51,32 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import LossConfig
+from .metrics import load_lpips, lpips_status
 from .model import DiagonalGaussianDistribution
-
-VGG16_WEIGHTS_FILE = "vgg16-397923af.pth"  # torchvision's IMAGENET1K_V1 file name
 
 
 # -------------------------------------------------------------------------------------------
 # LPIPS (VGG) from local files only
 # -------------------------------------------------------------------------------------------
-def lpips_weight_paths() -> tuple[Path, Path | None]:
-    """(torchvision VGG16 trunk file, lpips linear-head file or None if lpips is not installed)."""
-    trunk = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS_FILE
-    try:
-        import lpips
-    except ImportError:
-        return trunk, None
-    return trunk, Path(lpips.__file__).resolve().parent / "weights" / "v0.1" / "vgg.pth"
-
-
 def load_lpips_vgg() -> nn.Module:
     """LPIPS(vgg) with its ImageNet trunk and linear heads loaded from local files, frozen, in eval.
 
-    Raises FileNotFoundError (message starting "LPIPS disabled:") when a file is missing.
+    The loading (and the hash check of the trunk) is :func:`vivat.metrics.load_lpips`'s. Raises
+    FileNotFoundError, its message starting "LPIPS disabled:", when a file is missing or unfit.
     """
-    trunk_path, heads_path = lpips_weight_paths()
-    missing = []
-    if heads_path is None:
-        missing.append("the lpips package (pip install lpips)")
-    elif not heads_path.is_file():
-        missing.append(f"lpips linear heads {heads_path.name} in {heads_path.parent}")
-    if not trunk_path.is_file():
-        missing.append(
-            f"torchvision VGG16 weights {trunk_path.name} in {trunk_path.parent} ($TORCH_HOME/hub/checkpoints)"
-        )
-    if missing:
-        raise FileNotFoundError("LPIPS disabled: " + "; ".join(missing) + " not found")
-
-    import lpips
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision's deprecation notice for `pretrained=`
-        # A random trunk is built only to be overwritten below; pretrained=True would download.
-        net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
-    trunk = torch.load(trunk_path, map_location="cpu", weights_only=True)
-    heads = torch.load(heads_path, map_location="cpu", weights_only=True)
-    state = net.state_dict()
-    unfilled = []
-    for key in state:
-        parts = key.split(".")
-        if parts[0] == "net":  # net.slice{s}.{i}.{weight,bias} <- features.{i}.{weight,bias}
-            source, src_key = trunk, f"features.{parts[2]}.{parts[3]}"
-        elif parts[0] == "lins":  # lins.{i} is the same module as lin{i}
-            source, src_key = heads, f"lin{parts[1]}." + ".".join(parts[2:])
-        elif parts[0].startswith("lin"):
-            source, src_key = heads, key
-        else:  # scaling_layer constants
-            continue
-        if src_key not in source or source[src_key].shape != state[key].shape:
-            unfilled.append(src_key)
-        else:
-            state[key] = source[src_key]
-    if unfilled:
-        raise ValueError(f"LPIPS weight files lack or misshape {len(unfilled)} tensors, e.g. {unfilled[:3]}")
-    net.load_state_dict(state, strict=True)
-    net.requires_grad_(False)
-    return net.eval()
+    ok, reason = lpips_status("vgg")
+    if not ok:
+        raise FileNotFoundError(f"LPIPS disabled: {reason}")
+    try:
+        return load_lpips("vgg", require=True)
+    except RuntimeError as err:  # a file that is there but cannot be loaded
+        raise FileNotFoundError(f"LPIPS disabled: {err}") from err
 
 
 # -------------------------------------------------------------------------------------------

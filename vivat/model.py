@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -312,6 +313,20 @@ class AutoencoderKL(nn.Module):
     def last_layer(self) -> Tensor:
         """The decoder's last conv weight, where the adaptive GAN weight compares gradients."""
         return self.decoder.conv_out.weight
+
+    def compile_for_training(self, **compile_kwargs: Any) -> AutoencoderKL:
+        """``torch.compile`` every block in place except the decoder's last conv; returns self.
+
+        Compiling the whole model makes its backward one opaque graph, so each of the adaptive
+        GAN weight's two ``autograd.grad(..., last_layer)`` calls would run the full backward
+        instead of just the last conv's. With ``conv_out`` left eager, those calls stop there.
+        ``nn.Module.compile`` works in place: parameter names and the state_dict do not change.
+        """
+        blocks = [self.encoder, self.quant_conv, self.post_quant_conv, self.decoder.conv_in, self.decoder.mid]
+        blocks += [*self.decoder.up, self.decoder.norm_out]
+        for block in blocks:
+            block.compile(**compile_kwargs)
+        return self
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters that define the latent space (encoder and quant_conv)."""

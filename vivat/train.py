@@ -77,7 +77,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (the model itself comes from ``preset`` or ``init``).
+    """Settings of one training run (the model comes from ``preset``, ``model_config`` or ``init``).
 
     ``batch_size`` is per process (the global batch is ``batch_size * world_size``). ``disc_lr``
     None means ``lr``. ``disc_start`` None keeps the preset's. ``workers`` None: 0 on CPU (the
@@ -88,6 +88,7 @@ class TrainConfig:
     data: str
     out: str
     preset: str | None = None
+    model_config: VAEConfig | None = None
     val: str | None = None
     init: str | None = None
     steps: int = 10_000
@@ -135,7 +136,11 @@ class TrainConfig:
             raise ValueError(f"small must be 'pad' or 'skip', got {self.small!r}")
         if self.preset is not None and self.preset not in preset_names():
             raise ValueError(f"unknown preset {self.preset!r}; valid presets: {', '.join(preset_names())}")
-        if self.preset is None and self.init is None and not self.resume:
+        if self.model_config is not None and not isinstance(self.model_config, VAEConfig):
+            raise TypeError(f"model_config must be a VAEConfig, got {type(self.model_config).__name__}")
+        if self.model_config is not None and (self.preset is not None or self.init is not None):
+            raise ValueError("model_config replaces preset and init; give only one of them")
+        if self.preset is None and self.init is None and self.model_config is None and not self.resume:
             raise ValueError(f"give a preset ({', '.join(preset_names())}) or an init model folder")
         for name in ("data", "val", "init"):
             path = getattr(self, name)
@@ -316,7 +321,8 @@ class RunLog:
 
 def resolve_model(cfg: TrainConfig, resume_state: dict | None) -> tuple[AutoencoderKL, str]:
     """Build the VAE: from the checkpoint's config (resume), from ``init`` (weights + architecture;
-    a preset, if given, supplies the loss recipe), or from the preset. Returns (model, how)."""
+    a preset, if given, supplies the loss recipe), from ``model_config`` or from the preset.
+    Returns (model, how)."""
     if resume_state is not None:
         vae_cfg = VAEConfig.from_dict(resume_state["vae_config"])
         how = "model config from the checkpoint"
@@ -334,10 +340,11 @@ def resolve_model(cfg: TrainConfig, resume_state: dict | None) -> tuple[Autoenco
         model = AutoencoderKL(vae_cfg)
         model.load_state_dict(init.state_dict(), strict=True)
         return model, how
-    vae_cfg = VAEConfig.from_preset(cfg.preset)
+    vae_cfg = cfg.model_config if cfg.model_config is not None else VAEConfig.from_preset(cfg.preset)
+    what = "the given model config" if cfg.model_config is not None else f"preset {cfg.preset}"
     if cfg.disc_start is not None:
         vae_cfg = vae_cfg.replace(disc_start=cfg.disc_start)
-    return AutoencoderKL(vae_cfg), f"preset {cfg.preset}, random init (seed {cfg.seed})"
+    return AutoencoderKL(vae_cfg), f"{what}, random init (seed {cfg.seed})"
 
 
 def load_state(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
@@ -466,7 +473,9 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     decoder_only = switch is not None and step >= switch
     if decoder_only:
         model.set_encoder_trainable(False)
-    fwd_model: nn.Module = torch.compile(model) if cfg.compile else model
+    if cfg.compile:
+        model.compile_for_training()  # in place; keeps the adaptive weight's gradients cheap
+    fwd_model: nn.Module = model
     if env.ddp:
         # A mid-run switch to decoder-only leaves the encoder without gradients: DDP must look for
         # unused parameters (frozen before wrapping, they are simply not registered).
