@@ -6,6 +6,8 @@
     vivat eval --model runs/tiny/model --data photos/val --out metrics.json
     vivat reconstruct --model runs/tiny/model cat.jpg dog.png --out recon/
     vivat convert --from sd-v1-5.ckpt --to runs/sd-vivat --scn --reflect   # VIVAT-ize a pretrained VAE
+    vivat diagnose --model runs/tiny/model --data photos/val --out diag/   # artifact report (HTML + JSON)
+    vivat ablate --data photos/train --val photos/val --steps 600 --out runs/ablation   # each fix alone
 
 Also available as ``python -m vivat ...``. Every command explains its flags with ``--help``.
 """
@@ -264,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .convert import add_convert_parser
 
     add_convert_parser(sub)
+    from .diagnose import add_diagnose_parser
+
+    add_diagnose_parser(sub)
+    from .ablate import add_ablate_parser
+
+    add_ablate_parser(sub)
     return parser
 
 
