@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU check: on a CUDA machine, run the GPU tests (compiled Triton, the same matrix as CI plus
 # bf16 and the (1,128,1024,1024) case) and the GPU benchmarks, writing everything to
-# bench/results/ (JSON + markdown named after the date and the GPU). About 9 minutes with the
-# default step limits; shorten them with TEST_S, CONV_TEST_S, GN_BENCH_S, CONV_BENCH_S (seconds).
+# bench/results/ (JSON + markdown named after the date and the GPU). About 11 minutes with the
+# default step limits; shorten them with TEST_S, CONV_TEST_S, GN_BENCH_S, CONV_BENCH_S,
+# PATCH_BENCH_S, MODEL_BENCH_S (seconds). The model benchmark skips its torch.compile variants
+# unless MODEL_COMPILE=1 (inductor needs minutes for them: raise MODEL_BENCH_S to match).
 # Optional packages (lpips, diffusers) may be missing there; tests that need them skip.
 #   usage: bash bench/gpu_check.sh            (results also copied to $OUT when it is set)
 set -uo pipefail
@@ -17,7 +19,7 @@ gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name(0))" | tr -cs '
 log="$RES/gpu-check-$day-$gpu.log"
 step() { echo; echo "=== $* ($(date -u +%T))"; }
 # copy what exists so far to $OUT after every step, so a run cut short still returns its results
-save() { [ -n "${OUT:-}" ] && ls "$RES"/*"$day"*"$gpu"*.json "$RES"/*"$day"*"$gpu"*.md 2>/dev/null | head -6 | xargs -r cp -t "$OUT"/; }
+save() { [ -n "${OUT:-}" ] && ls "$RES"/*"$day"*"$gpu"*.json "$RES"/*"$day"*"$gpu"*.md 2>/dev/null | head -8 | xargs -r cp -t "$OUT"/; }
 {
   step "device"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv || true
@@ -46,5 +48,11 @@ save() { [ -n "${OUT:-}" ] && ls "$RES"/*"$day"*"$gpu"*.json "$RES"/*"$day"*"$gp
   else
     echo "diffusers is not installed here: skipped"
   fi
+  step "VIVAT model: decode and training step, fused vs eager vs torch.compile"
+  # Writes its results after every case, so a run cut short by the timeout keeps what it finished
+  # (the training step, the headline target, first).
+  timeout "${MODEL_BENCH_S:-120}" python3 bench/bench_model.py --device cuda --only train,decode --out "$RES" \
+      "$([ "${MODEL_COMPILE:-0}" = 1 ] && echo --compile || echo --no-compile)"
+  echo "bench exit: $?"; save
   step "done"
 } 2>&1 | tee "$log" ${OUT:+"$OUT/$(basename "$log")"}
