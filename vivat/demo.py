@@ -27,8 +27,8 @@ from .train import TrainConfig, train
 DEFAULT_OUT = "vivat_out/demo"
 PRESET = "vivat-tiny"
 # lr 1e-3: in 40-step runs on the shared train/val photos it lowered the held-out L1 faster than 5e-4.
-# About 3-4 minutes on two free CPU cores: roughly 0.25-0.3 s per step at 64 px, batch 4 (one
-# thread takes ~0.45 s), plus start-up and the evaluation of the two held-out photos at full size.
+# About 6 minutes on two idle CPU cores (356 s measured: training, then the evaluation of the two
+# held-out photos at full size); other jobs on the same cores slow it several-fold.
 DEMO_SETTINGS: dict[str, Any] = {"steps": 700, "size": 64, "batch_size": 4, "lr": 1e-3, "eval_max_side": None}
 # Tens of seconds: exercises every stage (training, the decoder-only switch, checkpoint, eval).
 # Evaluation then looks at 128-px center crops only.
