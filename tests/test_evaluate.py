@@ -22,17 +22,18 @@ def test_evaluate_folder_with_artifacts(tmp_path):
     model = AutoencoderKL(VAEConfig.from_preset("vivat-tiny")).eval().requires_grad_(False)
     kept = {}
     report = evaluate_folder(
-        model, tmp_path / "val", lpips=False, artifacts=True, keep=lambda p, x, y, f: kept.update({p.name: (x, y, f)})
+        model, tmp_path / "val", lpips=False, artifacts=True, keep=lambda p, x, y, f, s: kept.update({p.name: (x, y, f, s)})
     )
     assert set(kept) == {"0.png", "1.png"}
     names = (*SCORE_NAMES, "droplet_features")
     for row in report["images"]:
-        x, y, features = kept[row["file"].rsplit("/", 1)[-1]]
+        x, y, features, passed = kept[row["file"].rsplit("/", 1)[-1]]
         assert list(x.shape[-2:]) == row["scored_size"] and x.shape == y.shape
         assert features and all(name.startswith("decoder.") for name in features)
         expected = diagnose(x[None], quantize(y[None]), features=features)
         for name in names:
             assert math.isclose(row[name], expected[name], rel_tol=1e-6, abs_tol=1e-9), name
+            assert passed[name] == row[name]
     for name in names:
         assert math.isclose(report["mean"][name], sum(r[name] for r in report["images"]) / 2, rel_tol=1e-9)
     plain = evaluate_folder(model, tmp_path / "val", lpips=False)

@@ -276,7 +276,7 @@ def run_ablation(
         print(f"vivat ablate: {name}: evaluating on {val}", flush=True)
         model = load_model(out / name / "model", device=device)
 
-        def keep(path: Path, x: torch.Tensor, y: torch.Tensor, _features: dict, name: str = name) -> None:
+        def keep(path: Path, x: torch.Tensor, y: torch.Tensor, _f: dict, _s: dict, name: str = name) -> None:
             if not first_image:
                 first_image.append(path)
             if path == first_image[0]:

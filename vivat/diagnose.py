@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from .artifacts import SCORE_NAMES, STRIDE, _robust_center_spread, droplet_features
-from .evaluate import SIZING_MODES, _artifact_scores, evaluate_folder
+from .evaluate import SIZING_MODES, evaluate_folder
 from .metrics import quantize
 from .model import AutoencoderKL
 
@@ -346,16 +346,12 @@ class _Keeper:
         self.top: dict[str, list[tuple[float, str]]] = {name: [] for name in SCORES}
         self.pictures: dict[str, Pictures] = {}
 
-    def __call__(self, path: Path, x: Tensor, x_hat: Tensor, features: dict[str, Tensor]) -> None:
+    def __call__(
+        self, path: Path, x: Tensor, x_hat: Tensor, features: dict[str, Tensor], scores: dict[str, float]
+    ) -> None:
         key = str(path)
-        layer_scores = None
         if self.k:
-            # the same functions, on the same tensors, as the row evaluate_folder is writing;
-            # droplet_features is the maximum over layers, and the per-layer scores are reused
-            scores = _artifact_scores(x, x_hat, {})
-            if features:
-                layer_scores = layer_spike_scores(features)
-                scores["droplet_features"] = max(layer_scores.values())
+            # the row evaluate_folder is writing for this image: nothing is scored twice
             for name, value in scores.items():
                 top = self.top[name]
                 if value > 0 and (len(top) < self.k or value > top[-1][0]):
@@ -364,7 +360,7 @@ class _Keeper:
                     del top[self.k :]
         wanted = self.include | {key for top in self.top.values() for _, key in top}
         if key in wanted:
-            self.pictures[key] = make_pictures(x, x_hat, features, layer_scores)
+            self.pictures[key] = make_pictures(x, x_hat, features)
         for stale in set(self.pictures) - wanted:
             del self.pictures[stale]
 

@@ -96,7 +96,7 @@ def evaluate_folder(
     lpips: bool = True,
     max_side: int | None = None,
     artifacts: bool = False,
-    keep: Callable[[Path, Tensor, Tensor, dict[str, Tensor]], None] | None = None,
+    keep: Callable[[Path, Tensor, Tensor, dict[str, Tensor], dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """PSNR, SSIM and LPIPS (alex) of every image in a folder (recursive) or list, and their means.
 
@@ -110,9 +110,10 @@ def evaluate_folder(
     ``droplet``, and ``droplet_features`` from the decoder's norm inputs), computed on the
     quantised reconstruction as the metrics are. With ``sizing="pad"`` an image whose size is not
     a multiple of 8 is center-cropped to one for these scores only. ``keep(path, x, x_hat,
-    features)``, if given, is called for every image with the scored original and reconstruction
-    (3, h, w) and, with ``artifacts=True``, the decoder feature maps (empty dict otherwise), so a
-    caller can keep what it wants to show without holding every image in memory.
+    features, scores)``, if given, is called for every image with the scored original and
+    reconstruction (3, h, w) and, with ``artifacts=True``, the decoder feature maps and the
+    image's artifact scores (empty dicts otherwise), so a caller can keep what it wants to show
+    without holding every image in memory or scoring it again.
     """
     paths = _image_paths(images)
     lpips_model, reason = None, "not requested"
@@ -129,10 +130,10 @@ def evaluate_folder(
             recons.append(y)
             row = {"file": str(path), "size": list(image.shape[-2:]), "scored_size": list(x.shape[-2:]), "sizing": how}
             features = dict(recorder.features) if recorder is not None else {}
-            if artifacts:
-                row.update(_artifact_scores(x, y, features))
+            artifact_scores = _artifact_scores(x, y, features) if artifacts else {}
+            row.update(artifact_scores)
             if keep is not None:
-                keep(path, x, y, features)
+                keep(path, x, y, features, artifact_scores)
             rows.append(row)
     scores = evaluate_pairs(originals, recons, lpips_model, lpips_unavailable_reason=reason)
     for i, row in enumerate(rows):
