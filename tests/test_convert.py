@@ -12,6 +12,7 @@ import vivat_kernels as vk
 from vivat import AutoencoderKL, VAEConfig, convert
 from vivat.cli import build_parser
 from vivat.data import save_image
+from vivat.errors import ConfigError, WeightsError
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 E2E = {"rtol": 1e-4, "atol": 5e-5}  # whole models, two implementations
@@ -264,6 +265,22 @@ def test_every_key_and_shape_is_checked():
         convert.from_ldm(convert.diffusers_state_dict(tiny()), TINY)
 
 
+def test_unreadable_weights_name_the_file(tmp_path):
+    for name, payload in (
+        ("vae.safetensors", b"\x00garbage" * 8),
+        ("vae.ckpt", b"not a pickle"),
+        ("e.safetensors", b""),
+    ):
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(WeightsError, match=str(path)):
+            convert.read_state_dict(path)
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="config.json holds a JSON list"):
+        convert.from_diffusers(tmp_path / "vae")
+
+
 @pytest.mark.parametrize("preset", ["ldm-f8c4", "ldm-f8c16", "vivat-f8c16"])
 def test_infer_config_from_weights(preset):
     cfg = VAEConfig.from_preset(preset)
@@ -325,7 +342,7 @@ def test_key_maps_are_inverse():
 # -------------------------------------------------------------------------------------------
 # vivat convert (the CLI entry points)
 # -------------------------------------------------------------------------------------------
-def test_run_convert_vivatizes_and_reports_psnr(tmp_path, capsys):
+def test_convert_command_vivatizes_and_reports_psnr(tmp_path, capsys):
     ref = tiny()
     save_file(ref.state_dict(), str(tmp_path / "vae.safetensors"))
     for i in range(2):

@@ -7,12 +7,13 @@
 
 Naming. vivat's own names are LDM's (``encoder.down.0.block.1.norm1.weight``), so LDM, CompVis
 and FLUX files map one to one after stripping a ``first_stage_model.`` or ``vae.`` prefix. Diffusers
-names map by rule: ``down_blocks.i.resnets.j`` <-> ``down.i.block.j``, ``mid_block.resnets.0/1`` <->
-``mid.block_1/2``, ``conv_norm_out`` <-> ``norm_out``, ``conv_shortcut`` <-> ``nin_shortcut``, the
-attention's ``to_q/to_k/to_v/to_out.0`` (or the old ``query/key/value/proj_attn``, Linear (C, C) or
-1x1-conv (C, C, 1, 1) weights) <-> ``q/k/v/proj_out``, and the decoder's ``up_blocks`` are in
-reverse order (``up_blocks.0`` is LDM's ``up.{L-1}``, the lowest resolution). SCN norms keep the
-MoVQ / diffusers names (``norm1.norm_layer``, ``conv_y``, ``conv_b``; the mid attention's is
+names map by one table read in both directions (:data:`KEY_PREFIXES`, :data:`KEY_INFIXES`):
+``down_blocks.i.resnets.j`` <-> ``down.i.block.j``, ``mid_block.resnets.0/1`` <-> ``mid.block_1/2``,
+``conv_norm_out`` <-> ``norm_out``, ``conv_shortcut`` <-> ``nin_shortcut``, the attention's
+``to_q/to_k/to_v/to_out.0`` (or the old ``query/key/value/proj_attn``, Linear (C, C) or 1x1-conv
+(C, C, 1, 1) weights) <-> ``q/k/v/proj_out``, and the decoder's ``up_blocks`` are in reverse order
+(``up_blocks.0`` is LDM's ``up.{L-1}``, the lowest resolution). SCN norms keep the MoVQ / diffusers
+names (``norm1.norm_layer``, ``conv_y``, ``conv_b``; the mid attention's is
 ``spatial_norm``, as in diffusers' spatial-norm decoder).
 
 Checks. Every key and shape is compared with the model the config describes
