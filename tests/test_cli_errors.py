@@ -188,12 +188,15 @@ def test_a_bug_keeps_its_traceback(capsys, monkeypatch, model_dir, images):
         (["eval", "--model", "{model}", "--data", "{images}", "--device", "no-such-device"], "--device no-such-device"),
         (["eval", "--model", "{model}", "--data", "{images}", "--max-side", "4"], "--max-side must be >= 8"),
         (["diagnose", "--model", "{model}", "--data", "{file}", "--out", "o"], "is not a folder"),
+        (["reconstruct", "--model", "{model}", "{images}", "--out", "o"], "a folder, not an image file"),
+        (["eval", "--model", "{file}", "--data", "{images}"], "--model {file} is not a folder"),
         (["convert", "--from", "{model}", "--to", "o", "--config", "no-such-preset"], "--config no-such-preset"),
         (["ablate", "--data", "{images}", "--val", "{images}", "--out", "o", "--only", "x"], "--only: unknown variant"),
     ],
 )
 def test_usage_errors_exit_2_with_the_command_usage(argv, message, capsys, model_dir, images, a_file):
     argv = [a.format(model=model_dir, images=images, file=a_file) for a in argv]
+    message = message.format(file=a_file)
     code, _, err = run_cli(capsys, *argv)
     assert code == 2
     assert err.startswith("usage: vivat") and message in err

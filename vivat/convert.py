@@ -95,10 +95,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(
-            f"{path} cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}); "
-            "re-save its state_dict as .safetensors"
-        ) from exc
+        # torch's message goes on to advise weights_only=False, which this reader never does
+        if "Weights only load failed" in str(exc):
+            detail = "it holds Python objects besides tensors; re-save its state_dict as .safetensors"
+        else:
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            detail = f"{type(exc).__name__}: {first}; give a .safetensors, .ckpt, .pt or .bin file of VAE weights"
+        raise WeightsError(f"{path} cannot be read with torch.load(weights_only=True) ({detail})") from exc
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

@@ -129,6 +129,9 @@ def require_dir(flag: str, path: str | os.PathLike | None) -> None:
 
 def require_files(paths: list[str]) -> None:
     """Input files given as positional arguments must exist and be files."""
+    folders = [p for p in paths if Path(p).is_dir()]
+    if folders:
+        raise UsageError(f"{', '.join(folders)}: a folder, not an image file; give the image files")
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise UsageError(f"image file(s) not found: {', '.join(missing)}")
