@@ -266,3 +266,56 @@ def test_os_errors_name_the_path_and_what_to_do():
     )
     assert error_message(RuntimeError("a bug")) is None
     assert error_message(ValueError("a bug")) is None
+
+
+# ----------------------------------------------------------------------------- layout
+def _vivat_imports() -> dict[str, set[str]]:
+    """{module: the vivat modules it imports}, read from the sources of vivat/."""
+    import ast
+
+    root = REPO / "vivat"
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    deps.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "vivat":
+                deps.add(node.module)
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def test_the_command_line_is_the_only_argparse_user_and_imports_have_no_cycle():
+    for path in (REPO / "vivat").rglob("*.py"):
+        if "cli" not in path.relative_to(REPO / "vivat").parts:
+            assert "argparse" not in path.read_text(encoding="utf-8"), f"{path} uses argparse outside vivat/cli"
+    graph = _vivat_imports()
+    assert {"vivat.evaluate", "vivat.cli.common"} <= graph["vivat.cli.eval"]  # the graph is read, not empty
+    assert not any(
+        dep.startswith("vivat.cli")
+        for name, deps in graph.items()
+        if name != "vivat.__main__" and not name.startswith("vivat.cli")
+        for dep in deps
+    )
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
+        if name in done:
+            return
+        for dep in graph[name]:
+            visit(dep, (*path, name))
+        done.add(name)
+
+    for name in graph:
+        visit(name, ())
