@@ -43,11 +43,11 @@ setup(
         "scikit-image",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "torchmetrics", "diffusers", "lpips"],
+        "test": ["pytest", "hypothesis", "torchmetrics", "diffusers", "lpips", "ruff"],
         "bench": ["pytest-benchmark", "matplotlib"],
         "eval": ["lpips", "torchmetrics"],
         "interop": ["diffusers", "safetensors"],
-        "all": ["pytest", "hypothesis", "pytest-benchmark", "matplotlib", "lpips", "torchmetrics", "diffusers"],
+        "all": ["pytest", "hypothesis", "pytest-benchmark", "matplotlib", "lpips", "torchmetrics", "diffusers", "ruff"],
     },
     entry_points={"console_scripts": ["vivat=vivat.cli:main"]},
     cmdclass={"build_py": BuildPyWithSources},

@@ -131,7 +131,9 @@ def test_bad_paths_and_flags_name_the_problem(capsys, tmp_path, model_dir, odd_i
 # ----------------------------------------------------------------------------- eval / reconstruct
 def test_eval_reports_per_image_and_mean(capsys, tmp_path, model_dir, odd_images):
     out_json = tmp_path / "report" / "metrics.json"
-    code, _, err = run_cli(capsys, "eval", "--model", str(model_dir), "--data", str(odd_images), "--out", str(out_json))
+    code, _, err = run_cli(
+        capsys, "eval", "--model", str(model_dir), "--data", str(odd_images), "--out", str(out_json), "--sizing", "crop"
+    )
     assert code == 0, err
     report = json.loads(out_json.read_text())
     assert report["n"] == 2 and len(report["images"]) == 2
@@ -145,10 +147,8 @@ def test_eval_reports_per_image_and_mean(capsys, tmp_path, model_dir, odd_images
         assert report["settings"]["lpips"].startswith("unavailable")
     assert "PSNR" in err
 
-    code, out, _ = run_cli(
-        capsys, "eval", "--model", str(model_dir), "--data", str(odd_images), "--sizing", "pad", "--no-lpips"
-    )
-    report = json.loads(out)  # without --out the JSON goes to stdout
+    code, out, _ = run_cli(capsys, "eval", "--model", str(model_dir), "--data", str(odd_images), "--no-lpips")
+    report = json.loads(out)  # without --out the JSON goes to stdout; --sizing pad is the default
     assert report["images"][0]["scored_size"] == [37, 50] and "reflect-padded" in report["sizing"]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -11,7 +10,9 @@ from safetensors.torch import save_file
 
 import vivat_kernels as vk
 from vivat import AutoencoderKL, VAEConfig, convert
+from vivat.cli import build_parser
 from vivat.data import save_image
+from vivat.errors import ConfigError, WeightsError
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 E2E = {"rtol": 1e-4, "atol": 5e-5}  # whole models, two implementations
@@ -82,14 +83,14 @@ def test_ldm_family_guessed_from_pipeline_checkpoint_and_loss_keys_dropped():
     sdxl["conditioner.embedders.0.x"] = torch.zeros(1)
     assert convert.from_ldm(sdxl, TINY).config.scaling_factor == 1.0  # a given config is kept as is
     notes: list[str] = []
-    model = convert._from_ldm(sdxl, None, None, notes)  # inferred config: 32 groups, not in the weights
+    model = convert.from_ldm(sdxl, notes=notes)  # inferred config: 32 groups, not in the weights
     assert model.config.norm_groups == 32 and model.config.scaling_factor == 0.13025
     assert any("sdxl" in n for n in notes)
     vae_ckpt = dict(
         ref.state_dict(), **{"loss.discriminator.main.0.weight": torch.zeros(1), "loss.logvar": torch.zeros(())}
     )
     notes = []
-    model = convert._from_ldm(vae_ckpt, TINY, None, notes)
+    model = convert.from_ldm(vae_ckpt, TINY, notes=notes)
     assert_same_weights(model, ref)
     assert any("2 'loss.*'" in n for n in notes)
 
@@ -174,7 +175,7 @@ def test_identity_scn_reproduces_the_plain_decoder_exactly():
     plain = tiny()
     scn = convert.vivatize(plain, scn=True, reflect=False)
     assert scn.config.scn and scn.config.padding_mode == "zeros"
-    assert scn.config.loss == VAEConfig.from_preset("vivat-f8c16").loss
+    assert scn.config.loss == VAEConfig.from_preset("vivat-tiny").loss  # the recipe of the model's scale
     norm = scn.decoder.up[0].block[0].norm1
     assert not norm.conv_y.weight.any() and torch.equal(norm.conv_y.bias, torch.ones_like(norm.conv_y.bias))
     assert not norm.conv_b.weight.any() and not norm.conv_b.bias.any()
@@ -185,6 +186,26 @@ def test_identity_scn_reproduces_the_plain_decoder_exactly():
         torch.testing.assert_close(scn.decode(z), plain.decode(z), rtol=0, atol=1e-6)
     result = convert.conversion_psnr(plain, scn, x)
     assert result["decode_psnr_db"] > 90 and result["latent_max_abs_diff"] == 0
+
+
+@pytest.mark.parametrize(
+    "config, preset",
+    [
+        (VAEConfig.from_preset("ldm-tiny"), "vivat-tiny"),
+        (VAEConfig.from_preset("vivat-tiny"), "vivat-tiny"),
+        (VAEConfig.from_preset("ldm-f8c4"), "vivat-f8c16"),  # SD's VAE: the full recipe, whatever z is
+        (VAEConfig.from_preset("ldm-f8c16"), "vivat-f8c16"),
+        (VAEConfig(ch=64, ch_mult=(1, 2, 4), num_res_blocks=1, norm_groups=16), "vivat-tiny"),  # nearest width
+        (VAEConfig(ch=160, ch_mult=(1, 2, 4, 4), num_res_blocks=2), "vivat-f8c16"),
+    ],
+)
+def test_vivatize_takes_the_loss_recipe_of_the_models_scale(config, preset):
+    assert convert.vivat_recipe_preset(config) == preset
+    with torch.device("meta"):
+        model = AutoencoderKL(config)
+    assert convert.vivat_recipe_preset(model.config) == preset
+    recipe = VAEConfig.from_preset(preset).loss
+    assert convert.vivatize(tiny(config.replace(padding_mode="zeros", scn=False)), reflect=False).config.loss == recipe
 
 
 def test_reflect_vivatize_is_close_but_not_identical():
@@ -244,6 +265,22 @@ def test_every_key_and_shape_is_checked():
         convert.from_ldm(convert.diffusers_state_dict(tiny()), TINY)
 
 
+def test_unreadable_weights_name_the_file(tmp_path):
+    for name, payload in (
+        ("vae.safetensors", b"\x00garbage" * 8),
+        ("vae.ckpt", b"not a pickle"),
+        ("e.safetensors", b""),
+    ):
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(WeightsError, match=str(path)):
+            convert.read_state_dict(path)
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="config.json holds a JSON list"):
+        convert.from_diffusers(tmp_path / "vae")
+
+
 @pytest.mark.parametrize("preset", ["ldm-f8c4", "ldm-f8c16", "vivat-f8c16"])
 def test_infer_config_from_weights(preset):
     cfg = VAEConfig.from_preset(preset)
@@ -253,10 +290,43 @@ def test_infer_config_from_weights(preset):
     assert inferred == cfg.replace(padding_mode="zeros", loss=inferred.loss)
     assert (
         convert.infer_config(
-            convert._ldm_from_diffusers_state({convert.ldm_to_diffusers_key(k, 4): v for k, v in state.items()})
+            convert.diffusers_to_ldm_state({convert.ldm_to_diffusers_key(k, 4): v for k, v in state.items()})
         )
         == inferred
     )
+
+
+def test_every_key_of_an_f8c4_model_round_trips_through_the_key_table():
+    with torch.device("meta"):
+        ldm = AutoencoderKL(VAEConfig.from_preset("ldm-f8c4")).state_dict()
+    keys = list(ldm)
+    levels = len(VAEConfig.from_preset("ldm-f8c4").ch_mult)
+    mapped = [convert.ldm_to_diffusers_key(k, levels) for k in keys]
+    assert len(set(mapped)) == len(keys)
+    assert [convert.diffusers_to_ldm_key(k, levels) for k in mapped] == keys
+    assert "decoder.up_blocks.0.resnets.0.conv1.weight" in mapped  # LDM's up.3: the lowest resolution
+    assert "encoder.down_blocks.1.resnets.0.conv_shortcut.weight" in mapped
+    assert "decoder.mid_block.attentions.0.to_out.0.bias" in mapped
+    assert "encoder.conv_norm_out.weight" in mapped
+    # the diffusers names are exactly those of diffusers' own AutoencoderKL of this architecture
+    diffusers = pytest.importorskip("diffusers")
+    with torch.device("meta"):
+        twin = diffusers.AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * levels,
+            up_block_types=("UpDecoderBlock2D",) * levels,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+        )
+    assert sorted(mapped) == sorted(twin.state_dict())
+    # the whole state dict, both ways, in one call each
+    assert list(convert.diffusers_to_ldm_state(dict(zip(mapped, ldm.values())))) == keys
+
+
+def test_old_diffusers_attention_names_read_as_current_ones():
+    for old, current in (("query", "q"), ("key", "k"), ("value", "v"), ("proj_attn", "proj_out")):
+        name = f"decoder.mid_block.attentions.0.{old}.weight"
+        assert convert.diffusers_to_ldm_key(name, 4) == f"decoder.mid.attn_1.{current}.weight"
 
 
 def test_key_maps_are_inverse():
@@ -272,13 +342,12 @@ def test_key_maps_are_inverse():
 # -------------------------------------------------------------------------------------------
 # vivat convert (the CLI entry points)
 # -------------------------------------------------------------------------------------------
-def test_run_convert_vivatizes_and_reports_psnr(tmp_path, capsys):
+def test_convert_command_vivatizes_and_reports_psnr(tmp_path, capsys):
     ref = tiny()
     save_file(ref.state_dict(), str(tmp_path / "vae.safetensors"))
     for i in range(2):
         save_image(images(1, 40, seed=i)[0] * 0.5 + 0.5, tmp_path / "imgs" / f"{i}.png")
-    parser = argparse.ArgumentParser()
-    convert.add_convert_parser(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(
         [
             "convert",
@@ -297,7 +366,7 @@ def test_run_convert_vivatizes_and_reports_psnr(tmp_path, capsys):
             "32",
         ]
     )
-    assert args.func(args, args.parser) == 0
+    assert args.run(args) == 0
     printed = capsys.readouterr().out
     assert "decoder PSNR vs original 100.00 dB" in printed
     model = AutoencoderKL.from_pretrained(tmp_path / "out")
@@ -305,6 +374,6 @@ def test_run_convert_vivatizes_and_reports_psnr(tmp_path, capsys):
     args = parser.parse_args(
         ["convert", "--from", str(tmp_path / "out"), "--to", str(tmp_path / "d"), "--format", "diffusers"]
     )
-    assert convert.run_convert(args) == 0
+    assert args.run(args) == 0
     assert "cannot load" in capsys.readouterr().out
     assert_same_weights(convert.from_diffusers(tmp_path / "d"), model)

@@ -211,7 +211,7 @@ def test_report_json_has_every_number_and_consistent_means(single):
         else:
             assert model["mean"][name] == pytest.approx(sum(values) / len(values))
     assert set(report["definitions"]) == {*METRICS, *SCORES}
-    assert report["baseline"] is None and report["settings"]["sizing_mode"] == "crop"
+    assert report["baseline"] is None and report["settings"]["sizing_mode"] == "pad"  # the CLI default
     assert 1 <= len(report["worst"]) <= 4
     rows = {row["file"]: row for row in model["images"]}
     for item in report["worst"]:

@@ -32,7 +32,6 @@ trained again; an interrupted one resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -479,97 +478,3 @@ def write_crops(crops: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path,
     first = next(iter(crops.values()))[0]
     cells = [first[:, :side, :side]] + [y[:, :side, :side] for _, y in crops.values()]
     return save_grid([cells], path, padding=4)
-
-
-# -------------------------------------------------------------------------------------------
-# command line
-# -------------------------------------------------------------------------------------------
-def add_ablate_parser(sub: argparse._SubParsersAction) -> None:
-    from .cli import _Formatter
-
-    p = sub.add_parser(
-        "ablate",
-        formatter_class=_Formatter,
-        help="train the baseline, each VIVAT fix alone and all fixes; compare artifacts",
-        description=(
-            "Train, at equal budget and seed, the LDM baseline, the baseline plus each VIVAT fix alone\n"
-            "and all fixes together, then score each on the held-out images (PSNR, SSIM, LPIPS and the\n"
-            "five artifact scores). Variants and the switch each one turns on:\n\n"
-            + "\n".join(f"  {f.name:<15} {f.artifact:<13} {', '.join(f.fields)}" for f in FIXES)
-            + "\n  all-fixes       all five (the VIVAT preset)\n"
-            "  baseline-seed+1 the baseline with the next seed: run-to-run noise\n\n"
-            "Writes OUT/<variant>/ (a normal training run each), OUT/ablation.md, ablation.json,\n"
-            "ablation.png (scores relative to the baseline) and ablation_crops.png. Finished variants\n"
-            "with the same settings are reused; an interrupted one resumes from its last checkpoint."
-        ),
-    )
-    p.add_argument("--data", required=True, metavar="DIR", help="training images (searched recursively)")
-    p.add_argument("--val", required=True, metavar="DIR", help="held-out images to score every variant on")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (finished variants there are reused)")
-    p.add_argument("--steps", type=int, default=600, metavar="N", help="training steps of every variant")
-    p.add_argument(
-        "--scale", choices=sorted(SCALES), default="tiny", help="tiny presets (CPU) or the full f8c16 ones (GPU)"
-    )
-    p.add_argument("--size", type=int, default=64, metavar="PX", help="training crop size (multiple of 8)")
-    p.add_argument("--batch-size", type=int, default=4, metavar="B", help="batch size")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the VAE and the discriminator")
-    p.add_argument("--seed", type=int, default=0, help="seed of every variant (the noise run uses seed + 1)")
-    p.add_argument(
-        "--disc-start",
-        type=int,
-        default=None,
-        metavar="STEP",
-        help="first step of the adversarial term (default: half of --steps, so the GAN-related fixes act)",
-    )
-    p.add_argument(
-        "--max-side",
-        type=int,
-        default=512,
-        metavar="PX",
-        help="score center crops of at most this side (0: whole images)",
-    )
-    p.add_argument(
-        "--jobs", type=int, default=2, metavar="J", help="variants trained side by side on CPU (threads split)"
-    )
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train and evaluate")
-    p.add_argument("--no-noise-run", action="store_true", help="skip the second baseline run (no noise estimate)")
-    p.add_argument("--only", default=None, metavar="A,B", help="comma-separated subset of the variants")
-    p.add_argument("--no-lpips", action="store_true", help="do not compute LPIPS")
-    p.set_defaults(func=run_ablate, parser=p)
-
-
-def run_ablate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .cli import _need_dir
-
-    _need_dir(parser, "--data", args.data)
-    _need_dir(parser, "--val", args.val)
-    if args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
-    if args.size < 8 or args.size % 8:
-        parser.error(f"--size must be a positive multiple of 8, got {args.size}")
-    if args.jobs < 1 or args.batch_size < 1:
-        parser.error("--jobs and --batch-size must be >= 1")
-    if args.max_side < 0 or (args.max_side and args.max_side < 64):
-        parser.error(f"--max-side must be 0 (whole images) or at least 64, got {args.max_side}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    only = [v.strip() for v in args.only.split(",") if v.strip()] if args.only else None
-    run_ablation(
-        args.data,
-        args.val,
-        args.out,
-        steps=args.steps,
-        scale=args.scale,
-        size=args.size,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        disc_start=args.disc_start,
-        max_side=args.max_side or None,
-        jobs=args.jobs,
-        device=args.device,
-        noise_run=not args.no_noise_run,
-        only=only,
-        lpips=not args.no_lpips,
-    )
-    return 0

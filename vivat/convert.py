@@ -7,12 +7,13 @@
 
 Naming. vivat's own names are LDM's (``encoder.down.0.block.1.norm1.weight``), so LDM, CompVis
 and FLUX files map one to one after stripping a ``first_stage_model.`` or ``vae.`` prefix. Diffusers
-names map by rule: ``down_blocks.i.resnets.j`` <-> ``down.i.block.j``, ``mid_block.resnets.0/1`` <->
-``mid.block_1/2``, ``conv_norm_out`` <-> ``norm_out``, ``conv_shortcut`` <-> ``nin_shortcut``, the
-attention's ``to_q/to_k/to_v/to_out.0`` (or the old ``query/key/value/proj_attn``, Linear (C, C) or
-1x1-conv (C, C, 1, 1) weights) <-> ``q/k/v/proj_out``, and the decoder's ``up_blocks`` are in
-reverse order (``up_blocks.0`` is LDM's ``up.{L-1}``, the lowest resolution). SCN norms keep the
-MoVQ / diffusers names (``norm1.norm_layer``, ``conv_y``, ``conv_b``; the mid attention's is
+names map by one table read in both directions (:data:`KEY_PREFIXES`, :data:`KEY_INFIXES`):
+``down_blocks.i.resnets.j`` <-> ``down.i.block.j``, ``mid_block.resnets.0/1`` <-> ``mid.block_1/2``,
+``conv_norm_out`` <-> ``norm_out``, ``conv_shortcut`` <-> ``nin_shortcut``, the attention's
+``to_q/to_k/to_v/to_out.0`` (or the old ``query/key/value/proj_attn``, Linear (C, C) or 1x1-conv
+(C, C, 1, 1) weights) <-> ``q/k/v/proj_out``, and the decoder's ``up_blocks`` are in reverse order
+(``up_blocks.0`` is LDM's ``up.{L-1}``, the lowest resolution). SCN norms keep the MoVQ / diffusers
+names (``norm1.norm_layer``, ``conv_y``, ``conv_b``; the mid attention's is
 ``spatial_norm``, as in diffusers' spatial-norm decoder).
 
 Checks. Every key and shape is compared with the model the config describes
@@ -33,12 +34,10 @@ diffusers config or ``config`` says otherwise; the padding mode is zeros unless 
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,7 +47,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import VAEConfig
+from .config import PRESETS, VAEConfig
+from .errors import ConfigError, WeightsError
 from .model import AutoencoderKL, check_state_dict
 
 # (scaling_factor, shift_factor) of the latent families; the diffusion side feeds (z - shift) * scale.
@@ -71,17 +71,6 @@ _FAMILY_HINTS = (
     ("conditioner.embedders.", "sdxl"),
     ("cond_stage_model.", "sd"),
 )
-_ATTN_DIFFUSERS = {"q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
-_ATTN_LDM = {
-    "to_q": "q",
-    "to_k": "k",
-    "to_v": "v",
-    "to_out.0": "proj_out",
-    "query": "q",
-    "key": "k",
-    "value": "v",
-    "proj_attn": "proj_out",
-}
 _ATTN_WEIGHT = re.compile(r"\.attn_1\.(q|k|v|proj_out)\.weight$")
 
 
@@ -96,18 +85,27 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is not a file")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own SafetensorError for a damaged header
+            raise WeightsError(
+                f"{path} is not a readable .safetensors file ({type(exc).__name__}: {exc}); "
+                "check that the download or copy is complete"
+            ) from exc
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(
-            f"{path} cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}); "
-            "re-save its state_dict as .safetensors"
-        ) from exc
+        # torch's message goes on to advise weights_only=False, which this reader never does
+        if "Weights only load failed" in str(exc):
+            detail = "it holds Python objects besides tensors; re-save its state_dict as .safetensors"
+        else:
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            detail = f"{type(exc).__name__}: {first}; give a .safetensors, .ckpt, .pt or .bin file of VAE weights"
+        raise WeightsError(f"{path} cannot be read with torch.load(weights_only=True) ({detail})") from exc
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise TypeError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
     return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
@@ -125,59 +123,97 @@ def _levels(keys: list[str], pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def ldm_to_diffusers_key(key: str, levels: int) -> str:
-    """The diffusers name of a vivat / LDM parameter (``levels``: number of resolutions)."""
-    rev = levels - 1
-    for pattern, repl in (
-        (r"^encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
-        (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
-        (r"^decoder\.up\.(\d+)\.block\.(\d+)\.", lambda m: f"decoder.up_blocks.{rev - int(m[1])}.resnets.{m[2]}."),
-        (r"^decoder\.up\.(\d+)\.upsample\.", lambda m: f"decoder.up_blocks.{rev - int(m[1])}.upsamplers.0."),
-        (r"^(encoder|decoder)\.mid\.block_(\d+)\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
-        (
-            r"^(encoder|decoder)\.mid\.attn_1\.norm\.(norm_layer|conv_y|conv_b)\.",
-            r"\1.mid_block.attentions.0.spatial_norm.\2.",
-        ),
-        (r"^(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
-        (
-            r"^(encoder|decoder)\.mid\.attn_1\.(q|k|v|proj_out)\.",
-            lambda m: f"{m[1]}.mid_block.attentions.0.{_ATTN_DIFFUSERS[m[2]]}.",
-        ),
-        (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
-        (r"\.nin_shortcut\.", ".conv_shortcut."),
-    ):
-        key = re.sub(pattern, repl, key)
+# One table for both directions: (vivat / LDM prefix, diffusers prefix), most specific first.
+# ``{part}`` is ``encoder`` or ``decoder``, ``{i}`` a resolution level in LDM's order (0: full
+# resolution) and ``{j}`` a block index; diffusers counts the decoder's up blocks from the lowest
+# resolution, ``{u}`` = levels - 1 - ``{i}``. Keys that match no prefix (``conv_in``, ``conv_out``,
+# ``quant_conv``...) are named alike in both.
+KEY_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("encoder.down.{i}.block.{j}.", "encoder.down_blocks.{i}.resnets.{j}."),
+    ("encoder.down.{i}.downsample.", "encoder.down_blocks.{i}.downsamplers.0."),
+    ("decoder.up.{i}.block.{j}.", "decoder.up_blocks.{u}.resnets.{j}."),
+    ("decoder.up.{i}.upsample.", "decoder.up_blocks.{u}.upsamplers.0."),
+    ("{part}.mid.block_1.", "{part}.mid_block.resnets.0."),
+    ("{part}.mid.block_2.", "{part}.mid_block.resnets.1."),
+    ("{part}.mid.attn_1.norm.norm_layer.", "{part}.mid_block.attentions.0.spatial_norm.norm_layer."),
+    ("{part}.mid.attn_1.norm.conv_y.", "{part}.mid_block.attentions.0.spatial_norm.conv_y."),
+    ("{part}.mid.attn_1.norm.conv_b.", "{part}.mid_block.attentions.0.spatial_norm.conv_b."),
+    ("{part}.mid.attn_1.norm.", "{part}.mid_block.attentions.0.group_norm."),
+    ("{part}.mid.attn_1.q.", "{part}.mid_block.attentions.0.to_q."),
+    ("{part}.mid.attn_1.k.", "{part}.mid_block.attentions.0.to_k."),
+    ("{part}.mid.attn_1.v.", "{part}.mid_block.attentions.0.to_v."),
+    ("{part}.mid.attn_1.proj_out.", "{part}.mid_block.attentions.0.to_out.0."),
+    ("{part}.norm_out.", "{part}.conv_norm_out."),
+)
+# Parts of a name renamed wherever they occur (inside the blocks matched above).
+KEY_INFIXES: tuple[tuple[str, str], ...] = ((".nin_shortcut.", ".conv_shortcut."),)
+# Older diffusers attention names, read as the current ones.
+DIFFUSERS_ALIASES: tuple[tuple[str, str], ...] = (
+    (".mid_block.attentions.0.query.", ".mid_block.attentions.0.to_q."),
+    (".mid_block.attentions.0.key.", ".mid_block.attentions.0.to_k."),
+    (".mid_block.attentions.0.value.", ".mid_block.attentions.0.to_v."),
+    (".mid_block.attentions.0.proj_attn.", ".mid_block.attentions.0.to_out.0."),
+)
+_FIELD = re.compile(r"\{(part|i|j|u)\}")
+_FIELD_PATTERN = {"part": "(?P<part>encoder|decoder)", "i": r"(?P<i>\d+)", "j": r"(?P<j>\d+)", "u": r"(?P<u>\d+)"}
+
+
+def _prefix_rules(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[re.Pattern[str], str], ...]:
+    """(compiled source prefix, target template) for each pair of templates."""
+    rules = []
+    for source, target in pairs:
+        pattern = "".join(
+            _FIELD_PATTERN[piece] if n % 2 else re.escape(piece) for n, piece in enumerate(_FIELD.split(source))
+        )
+        rules.append((re.compile(pattern), target))
+    return tuple(rules)
+
+
+_TO_DIFFUSERS = _prefix_rules(KEY_PREFIXES)
+_TO_LDM = _prefix_rules(tuple((d, v) for v, d in KEY_PREFIXES))
+
+
+def _rename(key: str, levels: int, rules: tuple[tuple[re.Pattern[str], str], ...], infixes) -> str:
+    for pattern, target in rules:
+        m = pattern.match(key)
+        if m is None:
+            continue
+        fields = m.groupdict()
+        if "i" in fields and "u" not in fields:
+            fields["u"] = levels - 1 - int(fields["i"])
+        elif "u" in fields and "i" not in fields:
+            fields["i"] = levels - 1 - int(fields["u"])
+        if int(fields.get("i", 0)) < 0 or int(fields.get("u", 0)) < 0:
+            raise ValueError(f"{key!r}: level out of range for a model of {levels} levels")
+        key = target.format(**fields) + key[m.end() :]
+        break
+    for old, new in infixes:
+        key = key.replace(old, new)
     return key
+
+
+def ldm_to_diffusers_key(key: str, levels: int) -> str:
+    """The diffusers name of a vivat / LDM parameter (``levels``: number of resolutions), by
+    :data:`KEY_PREFIXES` and :data:`KEY_INFIXES`."""
+    return _rename(key, levels, _TO_DIFFUSERS, KEY_INFIXES)
 
 
 def diffusers_to_ldm_key(key: str, levels: int) -> str:
-    """Inverse of :func:`ldm_to_diffusers_key`; also reads the old ``query/key/value/proj_attn``."""
-    rev = levels - 1
-    for pattern, repl in (
-        (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2."),
-        (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),
-        (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{rev - int(m[1])}.block.{m[2]}."),
-        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{rev - int(m[1])}.upsample."),
-        (r"^(encoder|decoder)\.mid_block\.resnets\.(\d+)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
-        (r"^(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|spatial_norm)\.", r"\1.mid.attn_1.norm."),
-        (
-            r"^(encoder|decoder)\.mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0|query|key|value|proj_attn)\.",
-            lambda m: f"{m[1]}.mid.attn_1.{_ATTN_LDM[m[2]]}.",
-        ),
-        (r"^(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out."),
-        (r"\.conv_shortcut\.", ".nin_shortcut."),
-    ):
-        key = re.sub(pattern, repl, key)
-    return key
+    """Inverse of :func:`ldm_to_diffusers_key` (the same tables read backwards); also reads the old
+    ``query/key/value/proj_attn`` attention names (:data:`DIFFUSERS_ALIASES`)."""
+    for old, new in DIFFUSERS_ALIASES:
+        key = key.replace(old, new)
+    return _rename(key, levels, _TO_LDM, tuple((d, v) for v, d in KEY_INFIXES))
 
 
-def _ldm_from_diffusers_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def diffusers_to_ldm_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict in diffusers naming renamed to vivat / LDM naming (the tensors are not copied)."""
     levels = _levels(list(state), r"^decoder\.up_blocks\.(\d+)\.")
     out: dict[str, Tensor] = {}
     for k, v in state.items():
         new = diffusers_to_ldm_key(k, levels)
         if new in out:
-            raise ValueError(f"two diffusers keys map to {new!r} (old and new attention names together?)")
+            raise WeightsError(f"two diffusers keys map to {new!r} (old and new attention names together?)")
         out[new] = v
     return out
 
@@ -294,6 +330,7 @@ def from_ldm(
     config: VAEConfig | None = None,
     *,
     family: str | None = None,
+    notes: list[str] | None = None,
 ) -> AutoencoderKL:
     """A vivat model from LDM / CompVis / FLUX weights (a file or a state dict).
 
@@ -301,8 +338,9 @@ def from_ldm(
     ``vae.`` prefix of a pipeline checkpoint. ``config`` (architecture, padding, SCN) is inferred
     from the weights when not given; ``family`` (``"sd"``, ``"sdxl"``, ``"sd3"``, ``"flux"``) sets
     the latent factors, which are otherwise guessed from a pipeline checkpoint or left at 1.0 / 0.0.
+    ``notes``, when given, receives one line per thing the conversion decided or left out.
     """
-    return _from_ldm(source, config, family, [])
+    return _from_ldm(source, config, family, [] if notes is None else notes)
 
 
 def _diffusers_folder(path: Path) -> Path:
@@ -368,13 +406,18 @@ def _from_diffusers(source, config, family, notes) -> AutoencoderKL:
         state, where = dict(source), "state dict"
     elif Path(source).is_dir():
         folder = _diffusers_folder(Path(source))
-        dconfig = json.loads((folder / DIFFUSERS_CONFIG).read_text())
+        try:
+            dconfig = json.loads((folder / DIFFUSERS_CONFIG).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{folder / DIFFUSERS_CONFIG} is not valid JSON ({exc})") from None
+        if not isinstance(dconfig, dict):
+            raise ConfigError(f"{folder / DIFFUSERS_CONFIG} holds a JSON {type(dconfig).__name__}, not an object")
         weights = _diffusers_weights(folder)
         state, where = read_state_dict(weights), str(weights)
     else:
         state, where = read_state_dict(source), str(source)
     state = {k: v.detach() for k, v in state.items()}
-    ldm = _ldm_from_diffusers_state(state) if _is_diffusers_naming(list(state)) else state
+    ldm = diffusers_to_ldm_state(state) if _is_diffusers_naming(list(state)) else state
     if config is None:
         scn = "decoder.norm_out.conv_y.weight" in ldm
         config = config_from_diffusers(dconfig, scn=scn) if dconfig is not None else infer_config(ldm)
@@ -391,13 +434,14 @@ def from_diffusers(
     config: VAEConfig | None = None,
     *,
     family: str | None = None,
+    notes: list[str] | None = None,
 ) -> AutoencoderKL:
     """A vivat model from a diffusers ``AutoencoderKL``: the model itself, a folder
     (``config.json`` + ``diffusion_pytorch_model.safetensors``, or a pipeline folder with ``vae/``),
     a weights file, or a state dict. The config comes from ``config``, else the diffusers config
     (factors included), else the weights; ``family`` overrides the latent factors.
     """
-    return _from_diffusers(source, config, family, [])
+    return _from_diffusers(source, config, family, [] if notes is None else notes)
 
 
 def _load(source, config, family, notes) -> AutoencoderKL:
@@ -428,10 +472,12 @@ def load(
     config: VAEConfig | None = None,
     *,
     family: str | None = None,
+    notes: list[str] | None = None,
 ) -> AutoencoderKL:
     """Any of the above, told apart by what it is: a vivat folder, a diffusers folder or model, or
-    LDM / FLUX / diffusers weights (file or state dict, naming detected from the keys)."""
-    return _load(source, config, family, [])
+    LDM / FLUX / diffusers weights (file or state dict, naming detected from the keys). ``notes``,
+    when given, receives one line per thing the conversion decided or left out."""
+    return _load(source, config, family, [] if notes is None else notes)
 
 
 # -------------------------------------------------------------------------------------------
@@ -537,19 +583,38 @@ def to_diffusers(model: AutoencoderKL, directory: str | os.PathLike) -> Path:
 # -------------------------------------------------------------------------------------------
 # VIVAT-ize a pretrained VAE
 # -------------------------------------------------------------------------------------------
+ARCHITECTURE_FIELDS = ("ch", "ch_mult", "num_res_blocks", "mid_attn", "norm_groups")
+
+
+def vivat_recipe_preset(config: VAEConfig) -> str:
+    """The VIVAT preset whose loss recipe suits a model of ``config``'s scale.
+
+    The VIVAT preset of the same architecture (:data:`ARCHITECTURE_FIELDS`; ``z_channels`` and the
+    fixes may differ, so ``ldm-tiny`` maps to ``vivat-tiny`` and ``ldm-f8c4`` or SD's VAE to
+    ``vivat-f8c16``); failing that, the one whose base width ``ch`` is nearest (the larger on a tie).
+    """
+    vivat = {name: p for name, p in PRESETS.items() if p.scn and p.padding_mode == "reflect"}
+    for name, preset in vivat.items():
+        if all(getattr(preset, f) == getattr(config, f) for f in ARCHITECTURE_FIELDS):
+            return name
+    return min(vivat, key=lambda name: (abs(vivat[name].ch - config.ch), -vivat[name].ch))
+
+
 def vivatize(model: AutoencoderKL, *, scn: bool = True, reflect: bool = True) -> AutoencoderKL:
     """The VIVAT variant of ``model``: SCN in every decoder norm and/or reflect padding.
 
     Weights are copied; each new SCN norm starts as the identity (``conv_y`` weight 0 / bias 1,
     ``conv_b`` 0 / 0), so with zero padding the result decodes exactly like ``model``; reflect
     padding changes the border pixels a little (see :func:`conversion_psnr`). The loss recipe
-    becomes the VIVAT preset's, ready for ``vivat train --init DIR --decoder-only``.
+    becomes that of the VIVAT preset of the model's scale (:func:`vivat_recipe_preset`: the tiny
+    schedule for a tiny model, the full one otherwise), ready for ``vivat train --init DIR
+    --decoder-only``.
     """
     old = model.config
     config = old.replace(
         scn=old.scn or scn,
         padding_mode="reflect" if reflect else old.padding_mode,
-        loss=VAEConfig.from_preset("vivat-f8c16").loss,
+        loss=PRESETS[vivat_recipe_preset(old)].loss,
     )
     source = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     with torch.device("meta"):
@@ -593,132 +658,25 @@ def conversion_psnr(original: AutoencoderKL, converted: AutoencoderKL, images: T
     }
 
 
-# -------------------------------------------------------------------------------------------
-# Command line: vivat convert
-# -------------------------------------------------------------------------------------------
-def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``vivat convert`` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "convert",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="import a pretrained VAE (LDM, FLUX, diffusers), export it, or VIVAT-ize it",
-        description=(
-            "Read a KL-VAE (LDM/CompVis .ckpt, FLUX ae.safetensors, a diffusers folder or weights, or a\n"
-            "vivat folder) and write it to DIR as a vivat model folder (for vivat train --init) or a\n"
-            "diffusers folder. --scn / --reflect build the VIVAT variant: SCN decoder norms initialised\n"
-            "to the identity and/or reflect padding; the PSNR between the original and the converted\n"
-            "model is printed (SCN alone reproduces the original exactly: 100 dB).\n\n"
-            "  vivat convert --from sd-v1-5.ckpt --to runs/sd-vivat --scn --reflect\n"
-            "  vivat train --init runs/sd-vivat --decoder-only ..."
-        ),
-    )
-    p.add_argument("--from", dest="source", required=True, metavar="PATH", help="file or folder to read")
-    p.add_argument("--to", dest="out", required=True, metavar="DIR", help="folder to write")
-    p.add_argument(
-        "--format",
-        choices=("vivat", "diffusers"),
-        default="vivat",
-        help="what to write (default: vivat, the save_pretrained folder)",
-    )
-    p.add_argument("--scn", action="store_true", help="add identity-initialised SCN to every decoder norm")
-    p.add_argument("--reflect", action="store_true", help="switch every 3x3 conv and the downsample pad to reflect")
-    p.add_argument(
-        "--family",
-        choices=sorted(LATENT_FACTORS),
-        help="latent scaling/shift factors to record (default: from the source when it says)",
-    )
-    p.add_argument(
-        "--config",
-        metavar="PRESET|JSON",
-        help="architecture instead of inferring it: a preset name or a vivat config.json",
-    )
-    p.add_argument(
-        "--images", metavar="DIR", help="images for the PSNR check (default: the bundled scikit-image photos)"
-    )
-    p.add_argument("--size", type=int, default=256, help="center crop of the PSNR check images (default: 256)")
-    p.add_argument("--device", default="cpu", help="where the PSNR check runs: cpu, cuda or cuda:N (default: cpu)")
-    p.set_defaults(func=lambda args, parser: run_convert(args), parser=p)
-    return p
-
-
-def _config_arg(text: str | None) -> VAEConfig | None:
-    if text is None:
-        return None
-    if Path(text).is_file():
-        return VAEConfig.from_dict(json.loads(Path(text).read_text()))
-    return VAEConfig.from_preset(text)
-
-
-def _check_images(folder: str | None, size: int) -> Tensor:
-    from .data import demo_images, load_image, scan_images
-
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = scan_images(folder) if folder else demo_images(tmp).all
-        if not paths:
-            raise FileNotFoundError(f"no images in {folder}")
-        crops = []
-        for path in paths[:4]:
-            img = load_image(path)
-            h, w = img.shape[-2:]
-            s = min(size, h, w) // 8 * 8
-            top, left = (h - s) // 2, (w - s) // 2
-            crops.append(img[:, top : top + s, left : left + s])
-    s = min(c.shape[-1] for c in crops)
-    return torch.stack([c[:, :s, :s] for c in crops]) * 2 - 1
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """``vivat convert``: read ``args.source``, optionally VIVAT-ize, write ``args.out``."""
-    notes: list[str] = []
-    original = _load(args.source, _config_arg(args.config), args.family, notes)
-    model = original
-    if args.scn or args.reflect:
-        model = vivatize(original, scn=args.scn, reflect=args.reflect)
-    cfg = model.config
-    print(
-        f"read {args.source}: ch {cfg.ch}, ch_mult {cfg.ch_mult}, {cfg.num_res_blocks} blocks/level, "
-        f"z {cfg.z_channels}, groups {cfg.norm_groups}, scaling {cfg.scaling_factor}, shift {cfg.shift_factor}"
-    )
-    for note in notes:
-        print(f"  note: {note}")
-    if model is not original:
-        changes = [c for c, on in (("SCN (identity init)", args.scn), ("reflect padding", args.reflect)) if on]
-        device = torch.device(args.device)
-        result = conversion_psnr(
-            original.to(device), model.to(device), _check_images(args.images, args.size).to(device)
-        )
-        print(
-            f"VIVAT-ized ({', '.join(changes)}): decoder PSNR vs original {result['decode_psnr_db']:.2f} dB, "
-            f"end-to-end {result['reconstruction_psnr_db']:.2f} dB, latent max |diff| "
-            f"{result['latent_max_abs_diff']:.3g}" + ("  (100 dB = identical)" if not args.reflect else "")
-        )
-    if args.format == "diffusers":
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = to_diffusers(model, args.out)
-        for w in caught:
-            print(f"  warning: {w.message}")
-    else:
-        out = model.save_pretrained(args.out)
-    print(f"wrote {out} ({args.format} format)")
-    return 0
-
-
 __all__ = [
+    "ARCHITECTURE_FIELDS",
+    "DIFFUSERS_ALIASES",
+    "KEY_INFIXES",
+    "KEY_PREFIXES",
     "LATENT_FACTORS",
-    "add_convert_parser",
     "config_from_diffusers",
     "conversion_psnr",
     "diffusers_config",
     "diffusers_state_dict",
     "diffusers_to_ldm_key",
+    "diffusers_to_ldm_state",
     "from_diffusers",
     "from_ldm",
     "infer_config",
     "ldm_to_diffusers_key",
     "load",
     "read_state_dict",
-    "run_convert",
     "to_diffusers",
+    "vivat_recipe_preset",
     "vivatize",
 ]

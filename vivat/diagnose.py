@@ -19,7 +19,6 @@ need only numpy, torch and PIL.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -27,7 +26,6 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +48,6 @@ __all__ = [
     "SCORES",
     "Pictures",
     "Spectrum",
-    "add_diagnose_parser",
     "diagnose_model",
     "droplet_figure",
     "droplet_map",
@@ -59,7 +56,6 @@ __all__ = [
     "make_pictures",
     "residual_map",
     "residual_spectrum",
-    "run_diagnose",
     "spectrum_figure",
     "write_report",
 ]
@@ -765,112 +761,3 @@ Heat maps share one scale per image (stated under each); black is 0.</p>
     json_path = out / "report.json"
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return {"html": html_path, "json": json_path, "figures": [out / p for p in figures.paths]}
-
-
-# ------------------------------------------------------------------------------------------------
-# command line
-
-
-def add_diagnose_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``vivat diagnose`` on the CLI's subparsers."""
-    from .cli import _Formatter
-
-    p = subparsers.add_parser(
-        "diagnose",
-        formatter_class=_Formatter,
-        help="artifact-diagnosis report (HTML + JSON) of a model, optionally against a baseline",
-        description=(
-            "Reconstruct every image in a folder (recursive; posterior mode, fp32), score it (PSNR, SSIM,\n"
-            "LPIPS and the artifact scores color_shift, grid, blur, border, corner, droplet,\n"
-            "droplet_features: docs/ARTIFACTS.md) and write OUT/report.html (self-contained, opens\n"
-            "offline), OUT/report.json (every number) and OUT/figures/*.png. For the worst images the\n"
-            "report shows original, reconstruction, residual heat map, residual spectrum with the 8-px\n"
-            "lattice marked, and the spikiest decoder feature map.\n\n"
-            "  vivat diagnose --model runs/tiny/model --data photos/val --out diag/ --max-side 256\n"
-            "  vivat diagnose --model runs/vivat/model --baseline runs/ldm/model --data photos/val --out diag/"
-        ),
-    )
-    p.add_argument("--model", required=True, metavar="DIR", help="model to diagnose (save_pretrained folder)")
-    p.add_argument("--data", required=True, metavar="DIR", help="folder of images (searched recursively)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.html, report.json, figures/")
-    p.add_argument(
-        "--baseline",
-        metavar="DIR",
-        help="a second model (save_pretrained folder) shown side by side, on the model's worst images",
-    )
-    p.add_argument(
-        "--max-side",
-        type=int,
-        default=None,
-        metavar="PX",
-        help="first center-crop large photos to at most PX per side, for speed (the scores need >= 48 px)",
-    )
-    p.add_argument(
-        "--worst",
-        type=int,
-        default=4,
-        metavar="N",
-        help="images shown with figures: the highest of each artifact score, up to N (0: table only)",
-    )
-    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (it is n/a anyway without its weights)")
-    p.add_argument("--device", default="cpu", metavar="DEV", help="where the models run: cpu, cuda or cuda:N")
-    p.add_argument(
-        "--sizing",
-        choices=SIZING_MODES,
-        default="crop",
-        help="make sizes multiples of 8 by center-cropping, or by reflect-padding (artifact scores then "
-        "read a center crop)",
-    )
-    p.set_defaults(func=run_diagnose, parser=p)
-    return p
-
-
-def _summary(label: str, run: Mapping[str, Any]) -> str:
-    m = run["mean"]
-    lp = "n/a" if m["lpips"] is None else f"{m['lpips']:.4f}"
-    scores = ", ".join(f"{n} {_fmt(n, m[n])}" for n in SCORES)
-    return f"{label}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, LPIPS {lp}; {scores}"
-
-
-def run_diagnose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """``vivat diagnose``: score ``args.data`` with ``args.model`` (and ``args.baseline``), write the report."""
-    from .cli import _need_dir
-    from .evaluate import load_model
-
-    _need_dir(parser, "--model", args.model)
-    _need_dir(parser, "--data", args.data)
-    _need_dir(parser, "--baseline", args.baseline)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f"--out {args.out} is a file; give a folder")
-    if args.max_side is not None and args.max_side < 8:
-        parser.error(f"--max-side must be >= 8, got {args.max_side}")
-    if args.worst < 0:
-        parser.error(f"--worst must be >= 0, got {args.worst}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: no CUDA device is available")
-    settings = {"sizing": args.sizing, "max_side": args.max_side, "lpips": not args.no_lpips}
-    print(f"scoring {args.data} with {args.model} ...", file=sys.stderr)
-    result = diagnose_model(
-        load_model(args.model, args.device), args.data, worst=args.worst, name=args.model, **settings
-    )
-    baseline = None
-    if args.baseline is not None:
-        print(f"scoring {args.data} with the baseline {args.baseline} ...", file=sys.stderr)
-        baseline = diagnose_model(
-            load_model(args.baseline, args.device),
-            args.data,
-            worst=0,
-            include=[w["file"] for w in result["worst"]],
-            name=args.baseline,
-            **settings,
-        )
-    paths = write_report(args.out, result, baseline)
-    print(f"report:  {paths['html']}")
-    print(f"numbers: {paths['json']} ({len(paths['figures'])} figures in {Path(args.out) / 'figures'})")
-    print(f"{result['n']} images, {result['sizing']}")
-    if baseline is not None:
-        print(_summary("baseline", baseline))
-    print(_summary("model", result))
-    if result["mean"]["lpips"] is None:
-        print(f"LPIPS: {result['settings']['lpips']}")
-    return 0
