@@ -138,6 +138,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="continue the run in --out from its latest checkpoint (exactly, when the other flags are unchanged)",
     )
     g.add_argument(
+        "--resume-intact",
+        action="store_true",
+        help="like --resume, but if the latest checkpoint is damaged or missing, continue from the newest "
+        "intact one (and say which were passed over) instead of stopping",
+    )
+    g.add_argument(
         "--overwrite", action="store_true", help="delete the checkpoints of an earlier run in --out and start anew"
     )
     g.add_argument(
@@ -288,6 +294,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _need_dir(parser, "--data", args.data)
     _need_dir(parser, "--val", args.val)
     _need_dir(parser, "--init", args.init)
+    args.resume = args.resume or args.resume_intact
     if args.preset is None and args.init is None and not args.resume:
         parser.error(f"give --preset NAME ({', '.join(preset_names())}), or --init DIR, or --resume")
     if args.size < 8 or args.size % 8:
@@ -385,11 +392,11 @@ def cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .checkpoint import CheckpointError
+    from .errors import VivatError
 
     try:
         return args.func(args, args.parser)
-    except (FileNotFoundError, FileExistsError, ValueError, CheckpointError) as err:
+    except (VivatError, OSError, ValueError) as err:
         # Known failure modes (bad folders, corrupt checkpoints, bad settings): one clear line.
         print(f"vivat {args.command}: error: {err}", file=sys.stderr)
         return 1

@@ -45,11 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import VAEConfig
-from .model import AutoencoderKL, check_state_dict
+from .errors import WeightsError
+from .model import AutoencoderKL, ModelFileNotFoundError, check_state_dict, read_safetensors, write_safetensors
 
 # (scaling_factor, shift_factor) of the latent families; the diffusion side feeds (z - shift) * scale.
 LATENT_FACTORS: dict[str, tuple[float, float]] = {
@@ -94,15 +94,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     ``state_dict`` entry is taken)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is not a file")
+        raise ModelFileNotFoundError(f"{path} is not a file")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        return read_safetensors(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}); "
-            "re-save its state_dict as .safetensors"
+    except Exception as exc:  # torch's own text would suggest weights_only=False: only its first line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{path} cannot be read as weights with torch.load(weights_only=True) ({type(exc).__name__}: {reason}); "
+            "it is damaged or holds more than tensors: re-save its state_dict as .safetensors"
         ) from exc
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
@@ -525,9 +526,7 @@ def to_diffusers(model: AutoencoderKL, directory: str | os.PathLike) -> Path:
             UserWarning,
             stacklevel=2,
         )
-    tmp = out / (DIFFUSERS_WEIGHTS + ".tmp")
-    save_file(diffusers_state_dict(model), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / DIFFUSERS_WEIGHTS)
+    write_safetensors(diffusers_state_dict(model), out / DIFFUSERS_WEIGHTS, metadata={"format": "pt"})
     tmp = out / (DIFFUSERS_CONFIG + ".tmp")
     tmp.write_text(json.dumps(diffusers_config(model), indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out / DIFFUSERS_CONFIG)
@@ -645,7 +644,7 @@ def _config_arg(text: str | None) -> VAEConfig | None:
     if text is None:
         return None
     if Path(text).is_file():
-        return VAEConfig.from_dict(json.loads(Path(text).read_text()))
+        return VAEConfig.from_json_file(text)
     return VAEConfig.from_preset(text)
 
 

@@ -57,11 +57,10 @@ from .checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
     capture_rng_state,
-    latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     remove_stale_temporaries,
     restore_rng_state,
+    resume_checkpoint,
     save_checkpoint,
 )
 from .config import VAEConfig, preset_names
@@ -82,7 +81,9 @@ class TrainConfig:
     ``batch_size`` is per process (the global batch is ``batch_size * world_size``). ``disc_lr``
     None means ``lr``. ``disc_start`` None keeps the preset's. ``workers`` None: 0 on CPU (the
     main process' threads are busy with the model), up to 4 per process on GPU. ``progress`` None:
-    a progress bar only when stderr is a terminal.
+    a progress bar only when stderr is a terminal. ``resume`` refuses a damaged newest checkpoint
+    (naming it and the previous intact one); with ``resume_intact`` as well, the run continues
+    from the newest intact checkpoint and says which ones it passed over.
     """
 
     data: str
@@ -107,6 +108,7 @@ class TrainConfig:
     val_images: int = 8
     log_every: int = 10
     resume: bool = False
+    resume_intact: bool = False
     overwrite: bool = False
     decoder_only: bool = False
     disc_start: int | None = None
@@ -138,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"unknown preset {self.preset!r}; valid presets: {', '.join(preset_names())}")
         if self.model_config is not None and not isinstance(self.model_config, VAEConfig):
             raise TypeError(f"model_config must be a VAEConfig, got {type(self.model_config).__name__}")
+        if self.resume_intact and not self.resume:
+            raise ValueError("resume_intact only applies with resume=True")
         if self.model_config is not None and (self.preset is not None or self.init is not None):
             raise ValueError("model_config replaces preset and init; give only one of them")
         if self.preset is None and self.init is None and self.model_config is None and not self.resume:
@@ -297,13 +301,15 @@ class RunLog:
             self.path.write_text("")
 
     def drop_after(self, step: int) -> None:
-        """Forget records of steps after ``step`` (a resumed run writes them again)."""
+        """Forget records of steps after ``step`` (a resumed run writes them again) and the ``end``
+        record of the run being continued (the resumed run writes its own)."""
         if not self.enabled or not self.path.is_file():
             return
         kept = []
         for line in self.path.read_text().splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
+                record = json.loads(line)
+                if record.get("step", 0) <= step and record.get("kind") != "end":
                     kept.append(line)
             except json.JSONDecodeError:  # a line cut short by a kill
                 continue
@@ -387,12 +393,11 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 print(msg, flush=True)
 
     # ---- resume or start fresh ------------------------------------------------------------
-    resume_state, resume_path = None, None
+    resume_state, resume_path, passed_over = None, None, []
     if cfg.resume:
-        resume_path = latest_checkpoint(ckpt_dir)
-        if resume_path is None:
-            raise FileNotFoundError(f"nothing to resume: no checkpoint in {ckpt_dir} (start without --resume)")
-        resume_state = load_checkpoint(resume_path, map_location="cpu")
+        resume_path, resume_state, passed_over = resume_checkpoint(ckpt_dir, intact=cfg.resume_intact)
+        for note in passed_over:
+            say(f"warning: {note}")
     elif list_checkpoints(ckpt_dir):
         if not cfg.overwrite:
             raise FileExistsError(
@@ -510,9 +515,9 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     )
     say(f"  the EMA weights (decay {cfg.ema_decay}) are what gets saved to {model_dir}")
     if resume_state is not None:
-        say(f"  resumed from {resume_path} at step {step}")
+        say(f"  resumed from {resume_path} at step {step}" + (" (the newest intact checkpoint)" if passed_over else ""))
         log.drop_after(step)
-        log.write({"kind": "resume", "step": step, "checkpoint": str(resume_path)})
+        log.write({"kind": "resume", "step": step, "checkpoint": str(resume_path), "passed_over": passed_over})
     else:
         log.start_fresh()
     log.write(
