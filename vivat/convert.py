@@ -37,6 +37,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import pickle
 import re
 import tempfile
 import warnings
@@ -99,7 +100,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         return read_safetensors(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch's own text would suggest weights_only=False: only its first line
+    except pickle.UnpicklingError as exc:  # torch's text would suggest weights_only=False: not for weights
+        raise WeightsError(
+            f"{path} cannot be read as weights with torch.load(weights_only=True): it is damaged, not a torch "
+            "file, or holds pickled objects besides tensors; re-save its state_dict as .safetensors"
+        ) from exc
+    except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
             f"{path} cannot be read as weights with torch.load(weights_only=True) ({type(exc).__name__}: {reason}); "

@@ -466,7 +466,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda"
     )
-    val_images, val_source = None, None
+    val_images, val_source, val_set = None, None, None
     if master and cfg.val_images > 0:
         val_root = cfg.val if cfg.val is not None else cfg.data
         val_set = ImageFolderDataset(val_root, cfg.size, train=False, small="pad", seed=cfg.seed)
@@ -676,6 +676,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
     # ---- finish: the EMA weights are the model ------------------------------------------------
     wall = time.time() - t_start
+    undecodable = sorted(set(train_set.failed_files()) | set(val_set.failed_files() if val_set is not None else []))
     summary = {
         "out": str(out),
         "model": str(model_dir),
@@ -690,10 +691,16 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         "last": last_train,
         "val": last_val,
         "perceptual": perceptual,
+        "images_failed_at_load": undecodable,
     }
     if master:
         ema.save_pretrained(model_dir)
         log.write({"kind": "end", **summary, "saved_model": f"EMA weights written to {model_dir}"})
+        if undecodable:
+            say(
+                f"{len(undecodable)} image(s) passed the scan but could not be decoded, and were replaced by "
+                f"others: {', '.join(undecodable[:5])}{' ...' if len(undecodable) > 5 else ''}"
+            )
         say(f"done: {step} steps in {wall:.0f} s ({skipped} skipped); EMA weights saved to {model_dir}")
     env.barrier()
     return summary
