@@ -396,8 +396,8 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     resume_state, resume_path, passed_over = None, None, []
     if cfg.resume:
         resume_path, resume_state, passed_over = resume_checkpoint(ckpt_dir, intact=cfg.resume_intact)
-        for note in passed_over:
-            say(f"warning: {note}")
+        for note in passed_over if master else []:
+            print(f"warning: {note}", file=sys.stderr, flush=True)
     elif list_checkpoints(ckpt_dir):
         if not cfg.overwrite:
             raise FileExistsError(
