@@ -294,6 +294,11 @@ def build_cases(root: Path, model: Path) -> list[Case]:
             "ckpt-0000009.pt",
         ),
         Case(
+            "train-existing-run",
+            ["train", "--preset", "vivat-tiny", "--data", str(good), "--out", "damaged_run", *quick],
+            "damaged_run",
+        ),
+        Case(
             "train-resume-nothing",
             ["train", "--resume", "--data", str(good), "--out", "fresh_run", *quick],
             "fresh_run",
@@ -314,7 +319,7 @@ def build_cases(root: Path, model: Path) -> list[Case]:
                 "--batch-size",
                 "4",
                 "--val-images",
-                "4",
+                "5",  # the validation crops read every usable image, the truncated one included
             ],
             "truncated.png",
             ok=True,

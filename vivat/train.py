@@ -65,11 +65,16 @@ from .checkpoint import (
 )
 from .config import VAEConfig, preset_names
 from .data import ImageFolderDataset, save_grid
+from .errors import OutputError
 from .losses import VAELoss
 from .metrics import psnr, quantize, ssim
 from .model import AutoencoderKL, check_state_dict
 
-__all__ = ["CheckpointError", "StepBatchSampler", "TrainConfig", "train"]
+__all__ = ["CheckpointError", "RunExistsError", "StepBatchSampler", "TrainConfig", "train"]
+
+
+class RunExistsError(OutputError, FileExistsError):
+    """The output folder holds checkpoints of a run, and neither resume nor overwrite was asked for."""
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
@@ -400,7 +405,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             print(f"warning: {note}", file=sys.stderr, flush=True)
     elif list_checkpoints(ckpt_dir):
         if not cfg.overwrite:
-            raise FileExistsError(
+            raise RunExistsError(
                 f"{ckpt_dir} already holds checkpoints of a run; continue it with --resume, "
                 "choose another --out, or pass --overwrite to delete them"
             )
