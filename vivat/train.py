@@ -76,6 +76,7 @@ __all__ = ["CheckpointError", "RunExistsError", "StepBatchSampler", "TrainConfig
 class RunExistsError(OutputError, FileExistsError):
     """The output folder holds checkpoints of a run, and neither resume nor overwrite was asked for."""
 
+
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
