@@ -133,8 +133,10 @@ def test_file_failing_at_load_is_replaced_deterministically(tmp_path):
         warnings.simplefilter("error")  # no second warning for the same file
         assert torch.equal(ds[1], a)
     ds2 = D.ImageFolderDataset(root, 32, seed=3)
-    with pytest.warns(RuntimeWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor for a second dataset of the folder (e.g. validation crops)
         assert torch.equal(ds2[1], a)
+    assert ds2.failed_files() == [str(root / "1.png")] and ds2.stats()["failed_at_load"] == 1
 
 
 def test_empty_missing_and_imageless_folders(tmp_path):

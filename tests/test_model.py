@@ -371,3 +371,92 @@ def test_compile_for_training_is_in_place_and_leaves_the_last_conv_eager():
     assert model.encoder._compiled_call_impl is not None
     assert all(level._compiled_call_impl is not None for level in model.decoder.up)
     assert model.decoder.conv_out._compiled_call_impl is None
+
+
+# -------------------------------------------------------------------------------------------
+# Damaged model folders: errors name the file (and the field); files are readable by others
+# -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("{ not json", "not valid JSON"),
+        ("[1, 2]", "a list"),
+        ('"vivat"', "a string"),
+        ({"ch": "32"}, "ch must be an integer, got '32' (a string)"),
+        ({"ch": 32.5}, "ch must be an integer"),
+        ({"scn": "yes"}, "scn must be true or false"),
+        ({"ch_mult": [1, "2"]}, "ch_mult"),
+        ({"ch_mult": 4}, "ch_mult"),
+        ({"z_channels": -4}, "z_channels must be >= 1"),
+        ({"chanels": 32}, "unknown VAEConfig field(s) ['chanels']"),
+        ({"loss": {"kl_weight": -1}}, "loss.kl_weight must be >= 0"),
+        ({"loss": {"disc_start": "soon"}}, "loss.disc_start must be an integer"),
+        ({"loss": {"kl_wieght": 1e-6}}, "kl_wieght"),
+        ({"loss": [1]}, "loss must be an object"),
+        ({"padding_mode": "circular"}, "padding_mode"),
+    ],
+)
+def test_malformed_config_json_names_the_file_and_the_field(tmp_path, text, field):
+    from vivat.errors import ConfigError
+
+    out = tiny("ldm-tiny").save_pretrained(tmp_path / "vae")
+    if isinstance(text, dict):
+        text = json.dumps({**json.loads((out / "config.json").read_text()), **text})
+    (out / "config.json").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        AutoencoderKL.from_pretrained(out)
+    msg = str(err.value)
+    assert str(out / "config.json") in msg and field in msg and "\n" not in msg
+    assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated", "header_only"])
+def test_damaged_weights_name_the_file(tmp_path, damage):
+    from vivat.errors import WeightsError
+
+    out = tiny("ldm-tiny").save_pretrained(tmp_path / "vae")
+    weights = out / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(
+        {
+            "garbage": bytes(range(256)) * 8,
+            "empty": b"",
+            "truncated": data[: len(data) // 2],
+            "header_only": data[:8],
+        }[damage]
+    )
+    with pytest.raises(WeightsError) as err:
+        AutoencoderKL.from_pretrained(out)
+    assert str(weights) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_mismatched_weights_are_a_weights_error(tmp_path):
+    from vivat.errors import WeightsError
+
+    out = tiny("ldm-tiny").save_pretrained(tmp_path / "vae")
+    tiny("vivat-tiny").save_pretrained(tmp_path / "other")
+    (out / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    with pytest.raises(WeightsError, match="model.safetensors does not match the model config"):
+        AutoencoderKL.from_pretrained(out)
+
+
+def test_saved_model_files_are_readable_by_others(tmp_path):
+    import os
+
+    if os.name != "posix":
+        pytest.skip("POSIX permissions")
+    old = os.umask(0o022)
+    try:
+        out = tiny("ldm-tiny").save_pretrained(tmp_path / "vae")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        "config.json": 0o644,
+        "model.safetensors": 0o644,
+    }
+    old = os.umask(0o077)  # a stricter umask is honoured, not widened
+    try:
+        out = tiny("ldm-tiny").save_pretrained(tmp_path / "private")
+    finally:
+        os.umask(old)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o600

@@ -322,3 +322,69 @@ def test_two_processes_with_torchrun(images, tmp_path):
 def test_compile_trains(images, tmp_path):
     summary = train(tiny_config(images, tmp_path / "run", steps=2, compile=True))
     assert summary["steps"] == 2 and summary["skipped_steps"] == 0
+
+
+# ----------------------------------------------------------------------------- integrity on resume
+def _flip_tensor_bits(path: Path) -> None:
+    """Change one byte inside the largest tensor entry of a checkpoint archive (the file stays a valid zip)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + info.file_size // 2 + 3] ^= 0x40  # an exponent bit
+    path.write_bytes(bytes(raw))
+
+
+def test_resume_refuses_a_damaged_checkpoint_and_resume_intact_continues_exactly(images, tmp_path):
+    out = tmp_path / "run"
+    common = {"steps": 6, "ckpt_every": 2, "keep_ckpts": 0, "val_images": 0}
+    first = train(tiny_config(images, out, **common))
+    reference = load_file(str(out / "model" / "model.safetensors"))
+    ckpt_dir = out / "checkpoints"
+    _flip_tensor_bits(ckpt_dir / "ckpt-0000006.pt")
+
+    with pytest.raises(C.CheckpointError) as err:
+        train(tiny_config(images, out, resume=True, **common))
+    msg = str(err.value)
+    assert "ckpt-0000006.pt" in msg and "CRC-32" in msg
+    assert "ckpt-0000004.pt is intact" in msg and "--resume-intact" in msg
+    with pytest.raises(ValueError, match="resume_intact"):
+        train(tiny_config(images, out, resume_intact=True, **common))
+
+    resumed = train(tiny_config(images, out, resume=True, resume_intact=True, **common))
+    assert resumed["steps"] == first["steps"] == 6
+    again = load_file(str(out / "model" / "model.safetensors"))
+    assert again.keys() == reference.keys() and all(torch.equal(again[k], reference[k]) for k in again)
+    resume = read_log(out, "resume")
+    assert [r["step"] for r in resume] == [4] and "ckpt-0000006.pt" in resume[0]["passed_over"][0]
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4, 5, 6]
+    assert len(read_log(out, "end")) == 1  # the first run's end record is dropped on resume
+
+
+def test_latest_pointing_at_a_missing_checkpoint_is_an_error(images, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(images, out, steps=2, ckpt_every=1, val_images=0))
+    (out / "checkpoints" / "ckpt-0000002.pt").unlink()
+    with pytest.raises(C.CheckpointError, match="ckpt-0000002.pt', which does not exist"):
+        train(tiny_config(images, out, steps=2, ckpt_every=1, val_images=0, resume=True))
+
+
+def test_an_image_that_fails_to_decode_is_warned_once_and_counted(images, tmp_path):
+    import warnings
+
+    buf = tmp_path / "whole.png"
+    Image.fromarray(smooth_image(48, 56, 7)).save(buf)
+    data = buf.read_bytes()
+    (images / "cut.png").write_bytes(data[: len(data) // 2])  # the header scan accepts it; decoding fails
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # only the dataset's own bookkeeping may deduplicate
+        # 6 images, 3 steps of 2: every image is read for training, and the validation crops read them too
+        summary = train(tiny_config(images, tmp_path / "run", steps=3, val_images=6))
+    about_cut = [w for w in caught if "cut.png" in str(w.message)]
+    assert len(about_cut) == 1, [str(w.message) for w in about_cut]
+    assert [Path(p).name for p in summary["images_failed_at_load"]] == ["cut.png"]
+    end = read_log(tmp_path / "run", "end")[0]
+    assert [Path(p).name for p in end["images_failed_at_load"]] == ["cut.png"]

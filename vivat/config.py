@@ -42,8 +42,15 @@ so a 64-pixel crop trains on a laptop CPU.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import numbers
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .errors import ConfigError
 
 PADDING_MODES = ("zeros", "reflect")
 DISC_NORMS = ("group", "batch")
@@ -81,17 +88,19 @@ class LossConfig:
     decoder_only_from: float | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self, _LOSS_TYPES)
         for name in ("l1_weight", "perceptual_weight", "kl_weight", "adv_weight", "adaptive_weight_max"):
-            if float(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not float(getattr(self, name)) >= 0:  # also refuses NaN
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if int(self.disc_start) < 0:
-            raise ValueError(f"disc_start must be >= 0, got {self.disc_start}")
-        if int(self.disc_layers) < 1 or int(self.disc_channels) < 1:
-            raise ValueError("disc_layers and disc_channels must be >= 1")
+            raise ConfigError(f"disc_start must be >= 0, got {self.disc_start}")
+        for name in ("disc_layers", "disc_channels"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.disc_norm not in DISC_NORMS:
-            raise ValueError(f"disc_norm must be one of {DISC_NORMS}, got {self.disc_norm!r}")
+            raise ConfigError(f"disc_norm must be one of {DISC_NORMS}, got {self.disc_norm!r}")
         if self.decoder_only_from is not None and not 0.0 < float(self.decoder_only_from) <= 1.0:
-            raise ValueError(f"decoder_only_from is a fraction in (0, 1] or None, got {self.decoder_only_from}")
+            raise ConfigError(f"decoder_only_from is a fraction in (0, 1] or None, got {self.decoder_only_from}")
 
     def decoder_only_step(self, total_steps: int) -> int | None:
         """The first step of the decoder-only stage in a run of ``total_steps``, or None."""
@@ -126,23 +135,31 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON) and dicts for ``loss``; store canonical types.
+        if not isinstance(self.ch_mult, (list, tuple)) or not all(_is_int(m) for m in self.ch_mult):
+            raise ConfigError(f"ch_mult must be a list of positive integers, got {_show(self.ch_mult)}")
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         if isinstance(self.loss, dict):
-            object.__setattr__(self, "loss", LossConfig(**self.loss))
+            try:
+                object.__setattr__(self, "loss", LossConfig(**self.loss))
+            except TypeError as err:  # an unknown key
+                raise ConfigError(f"loss: {err}") from err
+            except ConfigError as err:
+                raise ConfigError(f"loss.{err}") from err
         if not isinstance(self.loss, LossConfig):
-            raise TypeError(f"loss must be a LossConfig, got {type(self.loss).__name__}")
+            raise ConfigError(f"loss must be a LossConfig or an object of loss fields, got {_show(self.loss)}")
+        _check_types(self, _ARCH_TYPES)
         if self.padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
+            raise ConfigError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
-            raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
+            raise ConfigError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
         for name in ("in_channels", "out_channels", "ch", "z_channels", "norm_groups"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
+            raise ConfigError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
         for width in sorted({self.ch * m for m in self.ch_mult}):
             if width % self.norm_groups:
-                raise ValueError(f"channel width {width} is not divisible by norm_groups={self.norm_groups}")
+                raise ConfigError(f"channel width {width} is not divisible by norm_groups={self.norm_groups}")
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -164,16 +181,51 @@ class VAEConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError (a typo is not ignored)."""
+    def from_dict(cls, d: dict[str, Any], source: str | os.PathLike | None = None) -> VAEConfig:
+        """Inverse of :meth:`to_dict`; anything that is not a valid config raises :class:`ConfigError`
+        naming the field (unknown keys included: a typo is not ignored), prefixed by ``source``
+        (e.g. the file it was read from) when given."""
+        prefix = f"{source}: " if source is not None else ""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{prefix}expected an object of config fields, got {_show(d)}")
         d = dict(d)
-        _check_keys(cls, d, "VAEConfig")
-        loss = d.pop("loss", None)
-        if loss is not None:
-            loss = dict(loss)
-            _check_keys(LossConfig, loss, "LossConfig")
-            d["loss"] = LossConfig(**loss)
-        return cls(**d)
+        try:
+            _check_keys(cls, d, "VAEConfig")
+            loss = d.pop("loss", None)
+            if loss is not None:
+                if not isinstance(loss, dict):
+                    raise ConfigError(f"loss must be an object of loss fields, got {_show(loss)}")
+                loss = dict(loss)
+                _check_keys(LossConfig, loss, "LossConfig")
+                try:
+                    d["loss"] = LossConfig(**loss)
+                except ConfigError as err:
+                    raise ConfigError(f"loss.{err}") from err
+            return cls(**d)
+        except ConfigError as err:
+            if not prefix:
+                raise
+            raise ConfigError(f"{prefix}{err}") from err
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> VAEConfig:
+        """Read a ``config.json``; an unreadable file, bad JSON or a bad field raises :class:`ConfigError`
+        naming the file (and the field)."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} cannot be read as text ({err})") from err
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                "expected a vivat model config as written by save_pretrained"
+            ) from err
+        return cls.from_dict(d, source=path)
 
     def replace(self, **changes: Any) -> VAEConfig:
         """A copy with ``changes``; ``LossConfig`` field names are routed into ``loss``."""
@@ -198,7 +250,75 @@ def _check_keys(cls: type, d: dict[str, Any], what: str) -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"unknown {what} field(s) {unknown}; valid: {sorted(names)}")
+        raise ConfigError(f"unknown {what} field(s) {unknown}; valid: {sorted(names)}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(v: Any) -> str:
+    """``'32' (a string)``: a value and its JSON-ish kind, for messages about wrong types."""
+    kinds = {
+        str: "a string",
+        bool: "a boolean",
+        list: "a list",
+        tuple: "a list",
+        dict: "an object",
+        float: "a number",
+        int: "an integer",
+    }
+    kind = "null" if v is None else kinds.get(type(v), type(v).__name__)
+    text = repr(v)
+    return f"{text[:60] + '...' if len(text) > 60 else text} ({kind})"
+
+
+# The JSON kind each field needs: "int" (no bool, no float), "real" (int or float, no bool), "bool",
+# "str", "real?" (a real or null). Checked before any value is used, so ``"ch": "32"`` is named.
+_ARCH_TYPES = {
+    "in_channels": "int",
+    "out_channels": "int",
+    "ch": "int",
+    "num_res_blocks": "int",
+    "z_channels": "int",
+    "mid_attn": "bool",
+    "norm_groups": "int",
+    "padding_mode": "str",
+    "scn": "bool",
+    "scaling_factor": "real",
+    "shift_factor": "real",
+}
+_LOSS_TYPES = {
+    "l1_weight": "real",
+    "perceptual_weight": "real",
+    "kl_weight": "real",
+    "adv_weight": "real",
+    "adaptive_weight_max": "real",
+    "disc_start": "int",
+    "disc_layers": "int",
+    "disc_channels": "int",
+    "disc_norm": "str",
+    "decoder_only_from": "real?",
+}
+_KIND_TEST = {
+    "int": (_is_int, "an integer"),
+    "real": (_is_real, "a finite number"),
+    "real?": (lambda v: v is None or _is_real(v), "a finite number or null"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _check_types(obj: Any, kinds: dict[str, str]) -> None:
+    for name, kind in kinds.items():
+        test, expected = _KIND_TEST[kind]
+        value = getattr(obj, name)
+        if not test(value):
+            raise ConfigError(f"{name} must be {expected}, got {_show(value)}")
 
 
 # Field names must not clash, or ``replace`` could not route them.

@@ -37,6 +37,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Mapping
@@ -44,12 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import PRESETS, VAEConfig
 from .errors import ConfigError, WeightsError
-from .model import AutoencoderKL, check_state_dict
+from .model import AutoencoderKL, ModelFileNotFoundError, check_state_dict, read_safetensors, write_safetensors
 
 # (scaling_factor, shift_factor) of the latent families; the diffusion side feeds (z - shift) * scale.
 LATENT_FACTORS: dict[str, tuple[float, float]] = {
@@ -83,17 +83,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     ``state_dict`` entry is taken)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is not a file")
+        raise ModelFileNotFoundError(f"{path} is not a file")
     if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own SafetensorError for a damaged header
-            raise WeightsError(
-                f"{path} is not a readable .safetensors file ({type(exc).__name__}: {exc}); "
-                "check that the download or copy is complete"
-            ) from exc
+        return read_safetensors(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's text would suggest weights_only=False: not for weights
+        raise WeightsError(
+            f"{path} cannot be read as weights with torch.load(weights_only=True): it is damaged, not a torch "
+            "file, or holds pickled objects besides tensors; re-save its state_dict as .safetensors"
+        ) from exc
     except Exception as exc:
         # torch's message goes on to advise weights_only=False, which this reader never does
         if "Weights only load failed" in str(exc):
@@ -571,9 +570,7 @@ def to_diffusers(model: AutoencoderKL, directory: str | os.PathLike) -> Path:
             UserWarning,
             stacklevel=2,
         )
-    tmp = out / (DIFFUSERS_WEIGHTS + ".tmp")
-    save_file(diffusers_state_dict(model), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / DIFFUSERS_WEIGHTS)
+    write_safetensors(diffusers_state_dict(model), out / DIFFUSERS_WEIGHTS, metadata={"format": "pt"})
     tmp = out / (DIFFUSERS_CONFIG + ".tmp")
     tmp.write_text(json.dumps(diffusers_config(model), indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out / DIFFUSERS_CONFIG)

@@ -42,6 +42,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 # Errors PIL raises for unreadable, truncated or hostile files.
 _LOAD_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
 
+# Files that failed to decode in this process: each is warned about once, however many datasets
+# (training and validation crops of one folder) read it.
+_WARNED_UNDECODABLE: set[str] = set()
+
 
 # --------------------------------------------------------------------------------------------
 # decoding
@@ -251,14 +255,17 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             None the global torch RNG is used (DataLoader seeds each worker differently).
 
     Files that cannot be opened at scan time are skipped with one warning each. A file that fails
-    to decode later (e.g. truncated data) is warned about once and replaced by the next usable
-    index (index + 1, index + 2, ...), drawn with the failed item's own random stream, so the
-    result is still deterministic.
+    to decode later (e.g. truncated data) is warned about once per process (also when a second
+    dataset of the same folder meets it) and replaced by the next usable index (index + 1,
+    index + 2, ...), drawn with the failed item's own random stream, so the result is still
+    deterministic. :meth:`failed_files` lists such files, including those met in DataLoader
+    workers (the flags live in shared memory).
 
     Counts: ``found`` (files with an image extension), ``skipped_small``, ``skipped_unreadable``,
     ``failed_at_load`` and ``padded`` (usable images that need padding); :meth:`stats` returns
-    them as a dict. ``failed_at_load`` only counts failures in this process (DataLoader workers
-    keep their own copies). With ``persistent_workers=True`` the workers keep their own copy of
+    them as a dict, its ``failed_at_load`` being ``len(failed_files())``. The attribute
+    ``failed_at_load`` only counts failures in this process (DataLoader workers keep their own
+    copies). With ``persistent_workers=True`` the workers keep their own copy of
     the dataset and do not see :meth:`set_epoch`; use non-persistent workers (the default) or
     index the dataset with ``(index, epoch)`` tuples from an epoch-aware sampler.
     """
@@ -321,6 +328,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 f"{self.size}px (small='skip'), {self.skipped_unreadable} unreadable"
             )
         self._bad: set[int] = set()
+        # one flag per image, set when it fails to decode; shared with DataLoader worker processes
+        self._failed = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -339,10 +348,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             "used": len(self.paths),
             "skipped_small": self.skipped_small,
             "skipped_unreadable": self.skipped_unreadable,
-            "failed_at_load": self.failed_at_load,
+            "failed_at_load": len(self.failed_files()),
             "padded": self.padded,
             "small": self.small,
         }
+
+    def failed_files(self) -> list[str]:
+        """Paths of the images that passed the scan but failed to decode, in any process."""
+        return [str(self.paths[j]) for j in torch.nonzero(self._failed).flatten().tolist()]
 
     def __repr__(self) -> str:
         s = self.stats()
@@ -394,11 +407,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 last_err = e
                 self._bad.add(j)
                 self.failed_at_load += 1
-                warnings.warn(
-                    f"could not decode {self.paths[j]} ({type(e).__name__}: {e}); using the next image instead",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                seen = bool(self._failed[j]) or str(self.paths[j]) in _WARNED_UNDECODABLE
+                self._failed[j] = True
+                _WARNED_UNDECODABLE.add(str(self.paths[j]))
+                if not seen:
+                    warnings.warn(
+                        f"could not decode {self.paths[j]} ({type(e).__name__}: {e}); using the next image instead",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                 continue
             # a fresh stream per attempt keeps the replacement deterministic
             return self._crop(arr, self.generator(index, epoch))

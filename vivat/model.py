@@ -31,15 +31,55 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from vivat_kernels.nn import FusedGroupNorm, ReflectConv2d, SpatialNorm
 
 from .config import VAEConfig
+from .errors import InputError, WeightsError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+
+class ModelFileNotFoundError(InputError, FileNotFoundError):
+    """A model folder without its ``config.json`` or ``model.safetensors``."""
+
+
+def write_safetensors(
+    tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` to ``path`` atomically (a temporary name, then a rename), with the
+    permissions of any new file (``0o666`` less the umask: 0644 usually), not safetensors' 0600."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file; a damaged or foreign file raises :class:`WeightsError` naming it.
+
+    safetensors checks the header (its length, the JSON, that the offsets cover the data exactly),
+    which catches truncated, empty and garbage files; it has no checksum of the tensor bytes.
+    """
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(
+            f"{path} is not a readable .safetensors file ({reason}): it is damaged, truncated or another format"
+        ) from err
 
 
 # -------------------------------------------------------------------------------------------
@@ -344,14 +384,14 @@ class AutoencoderKL(nn.Module):
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
 
         Each file is written to a temporary name and renamed into place, so a crash never leaves
-        a half-written file under the final name. Returns the directory.
+        a half-written file under the final name. Both files get the usual permissions of a new
+        file (0644 under umask 022; safetensors alone would create the weights as 0600). Returns
+        the directory.
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        tmp_weights = out / (WEIGHTS_NAME + ".tmp")
-        save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
-        os.replace(tmp_weights, out / WEIGHTS_NAME)
+        write_safetensors(tensors, out / WEIGHTS_NAME, metadata={"format": "pt"})
         tmp_config = out / (CONFIG_NAME + ".tmp")
         tmp_config.write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
         os.replace(tmp_config, out / CONFIG_NAME)
@@ -359,15 +399,23 @@ class AutoencoderKL(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> AutoencoderKL:
-        """Build from ``config.json`` and load ``model.safetensors`` with every key and shape checked."""
+        """Build from ``config.json`` and load ``model.safetensors`` with every key and shape checked.
+
+        A missing file raises :class:`ModelFileNotFoundError`, a bad ``config.json``
+        :class:`vivat.errors.ConfigError` (naming the file and the field), damaged or mismatched
+        weights :class:`vivat.errors.WeightsError` (naming the file).
+        """
         src = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (src / name).is_file():
-                raise FileNotFoundError(f"{src / name} not found (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-        config = VAEConfig.from_dict(json.loads((src / CONFIG_NAME).read_text()))
+                raise ModelFileNotFoundError(
+                    f"{src / name} not found (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}, "
+                    "as written by save_pretrained)"
+                )
+        config = VAEConfig.from_json_file(src / CONFIG_NAME)
         with torch.device("meta"):  # shapes only: no random init of weights about to be replaced
             model = cls(config)
-        state = load_file(str(src / WEIGHTS_NAME), device=str(device))
+        state = read_safetensors(src / WEIGHTS_NAME, device=device)
         check_state_dict(model.state_dict(), state, source=str(src / WEIGHTS_NAME))
         # Copy into fresh allocations rather than adopting the loaded tensors: those are views at
         # arbitrary offsets of one file buffer, and misaligned parameters can take slower (and
@@ -378,7 +426,7 @@ class AutoencoderKL(nn.Module):
 
 
 def check_state_dict(expected: dict[str, Tensor], found: dict[str, Tensor], source: str = "state dict") -> None:
-    """Raise one ValueError naming every missing, unexpected and misshaped key."""
+    """Raise one :class:`WeightsError` (a ValueError) naming every missing, unexpected and misshaped key."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     misshaped = [
@@ -392,4 +440,4 @@ def check_state_dict(expected: dict[str, Tensor], found: dict[str, Tensor], sour
             shown = ", ".join(items[:10]) + (f", ... ({len(items) - 10} more)" if len(items) > 10 else "")
             problems.append(f"{len(items)} {label}: {shown}")
     if problems:
-        raise ValueError(f"{source} does not match the model config: " + "; ".join(problems))
+        raise WeightsError(f"{source} does not match the model config: " + "; ".join(problems))

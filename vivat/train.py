@@ -57,20 +57,25 @@ from .checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
     capture_rng_state,
-    latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     remove_stale_temporaries,
     restore_rng_state,
+    resume_checkpoint,
     save_checkpoint,
 )
 from .config import VAEConfig, preset_names
 from .data import ImageFolderDataset, save_grid
+from .errors import OutputError
 from .losses import VAELoss
 from .metrics import psnr, quantize, ssim
 from .model import AutoencoderKL, check_state_dict
 
-__all__ = ["CheckpointError", "StepBatchSampler", "TrainConfig", "train"]
+__all__ = ["CheckpointError", "RunExistsError", "StepBatchSampler", "TrainConfig", "train"]
+
+
+class RunExistsError(OutputError, FileExistsError):
+    """The output folder holds checkpoints of a run, and neither resume nor overwrite was asked for."""
+
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
@@ -82,7 +87,9 @@ class TrainConfig:
     ``batch_size`` is per process (the global batch is ``batch_size * world_size``). ``disc_lr``
     None means ``lr``. ``disc_start`` None keeps the preset's. ``workers`` None: 0 on CPU (the
     main process' threads are busy with the model), up to 4 per process on GPU. ``progress`` None:
-    a progress bar only when stderr is a terminal.
+    a progress bar only when stderr is a terminal. ``resume`` refuses a damaged newest checkpoint
+    (naming it and the previous intact one); with ``resume_intact`` as well, the run continues
+    from the newest intact checkpoint and says which ones it passed over.
     """
 
     data: str
@@ -107,6 +114,7 @@ class TrainConfig:
     val_images: int = 8
     log_every: int = 10
     resume: bool = False
+    resume_intact: bool = False
     overwrite: bool = False
     decoder_only: bool = False
     disc_start: int | None = None
@@ -138,6 +146,8 @@ class TrainConfig:
             raise ValueError(f"unknown preset {self.preset!r}; valid presets: {', '.join(preset_names())}")
         if self.model_config is not None and not isinstance(self.model_config, VAEConfig):
             raise TypeError(f"model_config must be a VAEConfig, got {type(self.model_config).__name__}")
+        if self.resume_intact and not self.resume:
+            raise ValueError("resume_intact only applies with resume=True")
         if self.model_config is not None and (self.preset is not None or self.init is not None):
             raise ValueError("model_config replaces preset and init; give only one of them")
         if self.preset is None and self.init is None and self.model_config is None and not self.resume:
@@ -297,13 +307,15 @@ class RunLog:
             self.path.write_text("")
 
     def drop_after(self, step: int) -> None:
-        """Forget records of steps after ``step`` (a resumed run writes them again)."""
+        """Forget records of steps after ``step`` (a resumed run writes them again) and the ``end``
+        record of the run being continued (the resumed run writes its own)."""
         if not self.enabled or not self.path.is_file():
             return
         kept = []
         for line in self.path.read_text().splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
+                record = json.loads(line)
+                if record.get("step", 0) <= step and record.get("kind") != "end":
                     kept.append(line)
             except json.JSONDecodeError:  # a line cut short by a kill
                 continue
@@ -387,15 +399,14 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 print(msg, flush=True)
 
     # ---- resume or start fresh ------------------------------------------------------------
-    resume_state, resume_path = None, None
+    resume_state, resume_path, passed_over = None, None, []
     if cfg.resume:
-        resume_path = latest_checkpoint(ckpt_dir)
-        if resume_path is None:
-            raise FileNotFoundError(f"nothing to resume: no checkpoint in {ckpt_dir} (start without --resume)")
-        resume_state = load_checkpoint(resume_path, map_location="cpu")
+        resume_path, resume_state, passed_over = resume_checkpoint(ckpt_dir, intact=cfg.resume_intact)
+        for note in passed_over if master else []:
+            print(f"warning: {note}", file=sys.stderr, flush=True)
     elif list_checkpoints(ckpt_dir):
         if not cfg.overwrite:
-            raise FileExistsError(
+            raise RunExistsError(
                 f"{ckpt_dir} already holds checkpoints of a run; continue it with --resume, "
                 "choose another --out, or pass --overwrite to delete them"
             )
@@ -461,7 +472,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda"
     )
-    val_images, val_source = None, None
+    val_images, val_source, val_set = None, None, None
     if master and cfg.val_images > 0:
         val_root = cfg.val if cfg.val is not None else cfg.data
         val_set = ImageFolderDataset(val_root, cfg.size, train=False, small="pad", seed=cfg.seed)
@@ -510,9 +521,9 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     )
     say(f"  the EMA weights (decay {cfg.ema_decay}) are what gets saved to {model_dir}")
     if resume_state is not None:
-        say(f"  resumed from {resume_path} at step {step}")
+        say(f"  resumed from {resume_path} at step {step}" + (" (the newest intact checkpoint)" if passed_over else ""))
         log.drop_after(step)
-        log.write({"kind": "resume", "step": step, "checkpoint": str(resume_path)})
+        log.write({"kind": "resume", "step": step, "checkpoint": str(resume_path), "passed_over": passed_over})
     else:
         log.start_fresh()
     log.write(
@@ -671,6 +682,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
     # ---- finish: the EMA weights are the model ------------------------------------------------
     wall = time.time() - t_start
+    undecodable = sorted(set(train_set.failed_files()) | set(val_set.failed_files() if val_set is not None else []))
     summary = {
         "out": str(out),
         "model": str(model_dir),
@@ -685,10 +697,16 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         "last": last_train,
         "val": last_val,
         "perceptual": perceptual,
+        "images_failed_at_load": undecodable,
     }
     if master:
         ema.save_pretrained(model_dir)
         log.write({"kind": "end", **summary, "saved_model": f"EMA weights written to {model_dir}"})
+        if undecodable:
+            say(
+                f"{len(undecodable)} image(s) passed the scan but could not be decoded, and were replaced by "
+                f"others: {', '.join(undecodable[:5])}{' ...' if len(undecodable) > 5 else ''}"
+            )
         say(f"done: {step} steps in {wall:.0f} s ({skipped} skipped); EMA weights saved to {model_dir}")
     env.barrier()
     return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import warnings
 
 import torch
 
@@ -59,7 +60,9 @@ def info() -> int:
 
 
 def build() -> int:
-    ext = _build.load_extension(verbose=True)
+    with warnings.catch_warnings():  # the failure is reported below, after the compiler's own output
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ext = _build.load_extension(verbose=True)
     if ext is None:
         print(f"build failed: {_build.build_error()}", file=sys.stderr)
         return 1

@@ -70,10 +70,6 @@ def error_message(err: BaseException) -> str | None:
     """The one line shown for an expected failure, or None for an error that is a bug."""
     if isinstance(err, VivatError):
         return str(err)
-    from ..checkpoint import CheckpointError  # a damaged or foreign checkpoint: the user's to fix
-
-    if isinstance(err, CheckpointError):
-        return str(err)
     for kind, advice in _OS_ERROR_ADVICE:
         if isinstance(err, kind):
             if err.filename is None:  # raised by vivat with its own message, which names the path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 
 from ..config import VAEConfig, preset_names
 from ..convert import LATENT_FACTORS, conversion_psnr, load, to_diffusers, vivat_recipe_preset, vivatize
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from .common import UsageError, add_command, add_device_argument, prepare_output_dir, require_dir, resolve_device
 
 
@@ -68,10 +67,7 @@ def config_from_flag(text: str | None) -> VAEConfig | None:
         return None
     path = Path(text)
     if path.is_file():
-        try:
-            return VAEConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
-            raise ConfigError(f"--config {path} is not a valid vivat config.json ({err})") from None
+        return VAEConfig.from_json_file(path)
     if text not in preset_names():
         raise UsageError(f"--config {text}: no such file, nor a preset ({', '.join(preset_names())})")
     return VAEConfig.from_preset(text)

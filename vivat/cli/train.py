@@ -121,6 +121,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="continue the run in --out from its latest checkpoint (exactly, when the other flags are unchanged)",
     )
     g.add_argument(
+        "--resume-intact",
+        action="store_true",
+        help="like --resume, but if the latest checkpoint is damaged or missing, continue from the newest "
+        "intact one (and say which were passed over) instead of stopping",
+    )
+    g.add_argument(
         "--overwrite", action="store_true", help="delete the checkpoints of an earlier run in --out and start anew"
     )
     g.add_argument(
@@ -154,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     require_dir("--data", args.data)
     require_dir("--val", args.val)
     require_dir("--init", args.init)
+    args.resume = args.resume or args.resume_intact
     if args.preset is None and args.init is None and not args.resume:
         raise UsageError(f"give --preset NAME ({', '.join(preset_names())}), or --init DIR, or --resume")
     require_multiple_of_8("--size", args.size)
