@@ -14,11 +14,12 @@ import skimage.data
 import torch
 from PIL import Image
 
+from vivat.artifacts import ARTIFACT_SCORES as SCORES
+from vivat.artifacts import METRICS
 from vivat.cli import main
 from vivat.config import VAEConfig
-from vivat.diagnose import (
-    METRICS,
-    SCORES,
+from vivat.model import AutoencoderKL
+from vivat.report.figures import (
     droplet_figure,
     droplet_map,
     heatmap,
@@ -27,7 +28,6 @@ from vivat.diagnose import (
     residual_spectrum,
     spectrum_figure,
 )
-from vivat.model import AutoencoderKL
 
 ODD_NAME = "a&b <x>"  # must come out HTML-escaped
 
