@@ -5,8 +5,8 @@ Every score compares originals ``x`` with reconstructions ``x_hat`` of shape (N,
 batched), is exactly 0 when ``x_hat == x`` and grows with its artifact. ``droplet_features`` reads
 the decoder's norm inputs instead, recorded with :class:`FeatureRecorder`.
 
-The definitions, and why they differ in places from the first draft in EVAL.md, are in
-docs/ARTIFACTS.md.
+The definitions, and why they refine in places the first sketch of the scores, are in
+docs/ARTIFACTS.md; docs/EVAL.md has the conventions they share with the metrics.
 """
 
 from __future__ import annotations
@@ -424,7 +424,7 @@ def border(x: Tensor, x_hat: Tensor) -> Tensor:
 
         border = max(0, (mean_band err − ê) / max(ê, 1/255)),  ê = α·mean_band detail + β.
 
-    With a content-blind fit (α = 0) this is EVAL.md's band-over-interior ratio minus 1. 0 for
+    With a content-blind fit (α = 0) this is the plain band-over-interior ratio minus 1. 0 for
     images under 40 px.
     """
     return _edge_scores(*_check_pair(x, x_hat))[0]

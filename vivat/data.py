@@ -110,7 +110,11 @@ def center_crop(image: torch.Tensor, size: int | tuple[int, int] | None = None, 
         size = (h, w)
     elif isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)
+    ):
         raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
     h2, w2 = min(h, size[0]), min(w, size[1])
     h2, w2 = h2 - h2 % multiple, w2 - w2 % multiple

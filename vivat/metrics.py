@@ -1,4 +1,4 @@
-"""Reconstruction metrics with pinned settings (see docs/EVAL.md of the shared project docs).
+"""Reconstruction metrics with pinned settings (docs/EVAL.md states the conventions).
 
 Conventions
 -----------
@@ -416,7 +416,7 @@ def evaluate_pairs(
 
     ``x`` and ``y`` are (N, 3, H, W) tensors or equal-length sequences of (3, H, W) tensors (sizes
     may differ between pairs). The reconstruction is clamped and quantised to uint8 levels first
-    (``quantise=True``, the EVAL convention); originals are used as given and must lie in [0, 1].
+    (``quantise=True``, the convention of docs/EVAL.md); originals are used as given and must lie in [0, 1].
 
     Returns ``{"n", "psnr", "ssim", "lpips", "psnr_mean", "ssim_mean", "lpips_mean", "settings"}``
     where the metric entries are per-image lists (``lpips`` is None when no model is given) and the
