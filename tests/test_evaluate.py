@@ -52,7 +52,9 @@ def _png16_rgb(path: Path, arr: np.ndarray) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -73,7 +75,9 @@ def test_records_carry_metrics_scores_and_tensors_only_when_asked(tmp_path, mode
         pair = evaluate_pairs([x], [y])
         assert r.metrics["psnr"] == pair["psnr"][0] and r.metrics["ssim"] == pair["ssim"][0]
         row = r.row()
-        assert row["file"] == str(r.path) and row["scored_size"] == list(r.scored_size) and row["grid"] == r.scores["grid"]
+        assert (
+            row["file"] == str(r.path) and row["scored_size"] == list(r.scored_size) and row["grid"] == r.scores["grid"]
+        )
         assert not any(isinstance(v, torch.Tensor) for v in row.values())
     assert results[1].size == (70, 64) and results[1].scored_size == (64, 64) and "center-cropped" in results[1].sizing
 
@@ -117,7 +121,7 @@ def test_jsonl_is_written_as_images_are_scored(tmp_path, model):
 
 def test_progress_lines_without_a_terminal(tmp_path, model, capsys):
     _photos(tmp_path / "val", [(16, 16)] * 5)
-    evaluate_folder(model, tmp_path / "val", lpips=False, progress=True, **{})
+    evaluate_folder(model, tmp_path / "val", lpips=False, progress=True)
     err = capsys.readouterr().err
     assert "evaluating: 5/5 images" in err  # the last image always reports
     Evaluation(model, tmp_path / "val", lpips=False, progress_every=2).run()
@@ -224,7 +228,9 @@ def test_bad_images_are_skipped_named_once_and_counted(bad_folder, model):
     skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert set(skipped) == {"corrupt.png", "empty.jpg", "truncated.png"}
     assert all(reason.startswith("unreadable: ") for reason in skipped.values())
-    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning) and "skipping" in str(w.message)]
+    messages = [
+        str(w.message) for w in caught if issubclass(w.category, RuntimeWarning) and "skipping" in str(w.message)
+    ]
     for name in skipped:
         assert sum(name in m for m in messages) == 1, (name, messages)
     rows = {Path(r["file"]).name: r for r in report["images"]}
@@ -261,9 +267,8 @@ def test_a_tiny_image_reconstructs_without_an_internal_padding_error(model):
 
 def test_everything_unreadable_is_one_named_error(tmp_path, model):
     (tmp_path / "a.png").write_bytes(b"not a png")
-    with pytest.raises(InputError, match=r"none of the 1 image\(s\).*a\.png"):
-        with pytest.warns(RuntimeWarning):
-            evaluate_folder(model, tmp_path, lpips=False, progress=False)
+    with pytest.raises(InputError, match=r"none of the 1 image\(s\).*a\.png"), pytest.warns(RuntimeWarning):
+        evaluate_folder(model, tmp_path, lpips=False, progress=False)
     with pytest.raises(InputError, match="does not exist"):
         Evaluation(model, tmp_path / "nope")
     with pytest.raises(ValueError, match="sizing"):
@@ -279,6 +284,5 @@ def test_reconstruct_writes_the_good_and_returns_the_skipped(bad_folder, tmp_pat
     for r in result:
         assert Path(r["reconstruction"]).is_file() and Path(r["side_by_side"]).is_file()
     assert load_image(result.written[1]["reconstruction"]).shape == (3, 10, 10)  # padded, then cropped back
-    with pytest.raises(InputError, match="could be reconstructed"):
-        with pytest.warns(RuntimeWarning):
-            write_reconstructions(model, [bad_folder["corrupt"]], tmp_path / "recon2")
+    with pytest.raises(InputError, match="could be reconstructed"), pytest.warns(RuntimeWarning):
+        write_reconstructions(model, [bad_folder["corrupt"]], tmp_path / "recon2")

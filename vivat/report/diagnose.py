@@ -319,7 +319,8 @@ def write_report(
 <p class="meta">data: <code>{html.escape(data)}</code>, {result["n"]} images, {html.escape(result["sizing"])};
 latent: {html.escape(result["latent"])}; reconstructions quantised to uint8 before scoring;
 {html.escape(result["small"])}.</p>
-{_skipped_note(result["skipped"])}<p class="meta">All numbers are in <code>report.json</code>; the figures are also in <code>figures/</code>.</p>
+{_skipped_note(result["skipped"])}
+<p class="meta">All numbers are in <code>report.json</code>; the figures are also in <code>figures/</code>.</p>
 <h2>Scores per image</h2>
 {legend}
 {_scores_table(runs)}
@@ -367,4 +368,3 @@ def summary_line(label: str, run: Mapping[str, Any]) -> str:
     lp = "n/a" if m["lpips"] is None else f"{m['lpips']:.4f}"
     scores = ", ".join(f"{n} {format_value(n, m[n])}" for n in ARTIFACT_SCORES)
     return f"{label}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, LPIPS {lp}; {scores}"
-

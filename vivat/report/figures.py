@@ -249,7 +249,6 @@ def make_pictures(
     return Pictures(_thumbnail(x, size), _thumbnail(y, size), residual.numpy(), spectrum, z, layer, score)
 
 
-
 def nice_ceil(v: float) -> float:
     """The smallest of 1, 2, 5 × 10^k that is ≥ v (a round top for a colour scale)."""
     k = 10.0 ** math.floor(math.log10(v))
