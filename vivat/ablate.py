@@ -197,7 +197,7 @@ def run_ablation(
         raise ValueError("steps, batch_size and jobs must be >= 1")
     if base.size < 8 or base.size % 8:
         raise ValueError(f"size must be a positive multiple of 8, got {base.size}")
-    device = base.device
+    device = str(base.device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     base = dataclasses.replace(base, device=device)
