@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -62,12 +63,14 @@ def test_own_artifact_verdicts():
 
 
 def test_variants_are_the_base_config_with_the_variant_model(tmp_path):
-    base = TrainConfig(data="d", val="v", out=str(tmp_path), steps=40, size=32, batch_size=2, lr=3e-4, seed=5, amp="off")
+    base = TrainConfig(data="d", val="v", out=str(tmp_path), steps=40, size=32, batch_size=2, lr=3e-4, seed=5)
+    base = dataclasses.replace(base, amp="off")
     cfg = VAEConfig.from_preset("ldm-tiny")
     run = variant_config(base, "baseline-seed+1", cfg, seed_offset=1)
     assert run.model_config == cfg and run.preset is None and run.init is None
     assert run.out == str(tmp_path / "baseline-seed+1") and run.seed == 6
-    assert (run.steps, run.size, run.batch_size, run.lr, run.amp, run.data, run.val) == (40, 32, 2, 3e-4, "off", "d", "v")
+    shared = (run.steps, run.size, run.batch_size, run.lr, run.amp, run.data, run.val)
+    assert shared == (40, 32, 2, 3e-4, "off", "d", "v")
     assert run.disc_start == 20 and run.ckpt_every == 4 and run.keep_ckpts == 1 and run.val_every == 40
     assert not run.resume and run.overwrite and run.progress is False
     assert variant_config(TrainConfig(data="d", out=str(tmp_path), steps=40, disc_start=7), "x", cfg).disc_start == 7

@@ -345,14 +345,15 @@ class Evaluation:
         if self._started:
             raise RuntimeError("an Evaluation runs once; create a new one to evaluate again")
         self._started = True
-        lpips_model, reason = None, "not requested"
-        if self.lpips:
-            ok, reason = lpips_status("alex")
-            lpips_model = load_lpips("alex") if ok else None
-        sink = self._open_jsonl()
-        recorder = FeatureRecorder(self.model, device="cpu") if self.artifacts else None
-        bar = _Progress(len(self.paths), self.progress, "evaluating", self.progress_every)
+        sink = self._open_jsonl()  # an unwritable location fails before any work
+        bar = None
         try:
+            lpips_model, reason = None, "not requested"
+            if self.lpips:
+                ok, reason = lpips_status("alex")
+                lpips_model = load_lpips("alex") if ok else None
+            recorder = FeatureRecorder(self.model, device="cpu") if self.artifacts else None
+            bar = _Progress(len(self.paths), self.progress, "evaluating", self.progress_every)
             with recorder if recorder is not None else contextlib.nullcontext():
                 for path in self.paths:
                     image, why = _read(path)
@@ -374,7 +375,8 @@ class Evaluation:
                     bar.step(f"PSNR {result.metrics['psnr']:.2f} dB")
                     yield result
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
             if sink is not None:
                 sink.close()
         self._finished = True
