@@ -8,7 +8,7 @@ Two workloads, each forward (no grad) and forward+backward:
   (1x1 convs at latent resolution, one fused kernel). zq has 16 channels at 1/8 resolution (f8).
 * ``gn_silu``: ``F.silu(F.group_norm(x, 32, w, b))`` vs ``fused_group_norm(..., act="silu")``.
 
-Effective bandwidth uses the floor of the byte model in KERNELS.md: forward reads x and writes y
+Effective bandwidth uses the floor of the byte model in docs/KERNELS.md: forward reads x and writes y
 (2 bytes-per-element x s), forward+backward adds reading x and dy and writing dx (5 s in all).
 The fused kernels move 3 s forward (x is read twice) and 5 s backward, so "fused model GB/s" is
 what the DRAM actually carried. Run ``python bench/bench_group_norm.py --help``.
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default=None, help="comma list (default: cpu float32,bfloat16; cuda bfloat16,float32)")
     ap.add_argument("--layouts", default="nchw", help="comma list of nchw, cl")
     ap.add_argument("--workloads", default="scn,gn_silu")
-    ap.add_argument("--shapes", default=None, help="e.g. 1x128x256x256,4x512x64x64 (default: the issue's set)")
+    ap.add_argument("--shapes", default=None, help="e.g. 1x128x256x256,4x512x64x64 (default: CPU_SHAPES, plus GPU_EXTRA on CUDA)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="one small shape, fp32, few reps (a smoke test)")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
 
-from vivat.ablate import FIXES, own_artifact_changes, variants
+from vivat.ablate import FIXES, own_artifact_changes, run_ablation, variant_config, variants
 from vivat.cli import main
 from vivat.config import VAEConfig
 from vivat.data import save_image
+from vivat.train import TrainConfig
 
 
 def test_fixes_add_up_to_the_vivat_preset():
@@ -58,6 +60,24 @@ def test_own_artifact_verdicts():
     assert rows[("+reflect-pad", "border")]["verdict"] == "worse"
     assert rows[("+reflect-pad", "corner")]["verdict"] == "within run-to-run noise"
     assert ("+scn", "droplet") not in rows
+
+
+def test_variants_are_the_base_config_with_the_variant_model(tmp_path):
+    base = TrainConfig(data="d", val="v", out=str(tmp_path), steps=40, size=32, batch_size=2, lr=3e-4, seed=5)
+    base = dataclasses.replace(base, amp="off")
+    cfg = VAEConfig.from_preset("ldm-tiny")
+    run = variant_config(base, "baseline-seed+1", cfg, seed_offset=1)
+    assert run.model_config == cfg and run.preset is None and run.init is None
+    assert run.out == str(tmp_path / "baseline-seed+1") and run.seed == 6
+    shared = (run.steps, run.size, run.batch_size, run.lr, run.amp, run.data, run.val)
+    assert shared == (40, 32, 2, 3e-4, "off", "d", "v")
+    assert run.disc_start == 20 and run.ckpt_every == 4 and run.keep_ckpts == 1 and run.val_every == 40
+    assert not run.resume and run.overwrite and run.progress is False
+    assert variant_config(TrainConfig(data="d", out=str(tmp_path), steps=40, disc_start=7), "x", cfg).disc_start == 7
+    with pytest.raises(TypeError, match="TrainConfig"):
+        run_ablation({"data": "d"})
+    with pytest.raises(ValueError, match="val"):
+        run_ablation(TrainConfig(data=str(tmp_path), out=str(tmp_path / "o")))
 
 
 @pytest.fixture()

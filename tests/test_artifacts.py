@@ -344,6 +344,35 @@ def test_droplet_features_fire_on_a_planted_spike():
     assert d["droplet_features"] == pytest.approx(score.tolist())
 
 
+def test_spike_map_is_what_droplet_features_ranks():
+    g = torch.Generator().manual_seed(4)
+    f = torch.randn(2, 6, 12, 10, generator=g)
+    f[1, 4, 7, 3] = 50.0
+    z = A.spike_map(f)
+    assert z.shape == f.shape and (z >= 0).all()
+    # by hand for one channel: |a - median| over 1.4826 * MAD
+    v = f[1, 4].flatten()
+    med = v.median()
+    spread = 1.4826 * (v - med).abs().median()
+    assert torch.allclose(z[1, 4].flatten(), (v - med).abs() / spread, rtol=1e-6)
+    assert z[1].flatten(1).amax(1).argmax() == 4 and z[1, 4].argmax() == 7 * 10 + 3
+    ratio = z.flatten(2).amax(-1)
+    assert torch.equal(A.droplet_features(f), torch.quantile(ratio, 0.999, dim=1))
+    med, spread = A.robust_center_spread(torch.tensor([[1.0, 2.0, 3.0, 100.0]]))
+    assert med.item() == 2.0 and spread.item() == pytest.approx(1.4826 * 1.0)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        A.spike_map(torch.ones(3, 4, 4))
+
+
+def test_one_list_of_report_numbers_with_their_direction():
+    assert A.REPORT_COLUMNS == (*A.METRICS, *A.ARTIFACT_SCORES)
+    assert A.ARTIFACT_SCORES == (*A.SCORE_NAMES, "droplet_features")
+    assert A.HIGHER_IS_BETTER == {"psnr", "ssim"} and A.HIGHER_IS_BETTER < set(A.REPORT_COLUMNS)
+    assert set(A.REFERENCE_LEVELS) == set(A.ARTIFACT_SCORES)
+    x = torch.rand(1, 3, 64, 64)
+    assert set(A.diagnose(x, x, features=[torch.randn(1, 4, 8, 8)])) == set(A.ARTIFACT_SCORES)
+
+
 def test_droplet_features_constant_maps_and_bad_input():
     assert A.droplet_features([torch.ones(2, 8, 4, 4)]).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="features"):

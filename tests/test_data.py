@@ -78,6 +78,44 @@ def test_center_crop_when_not_training(folder):
     assert torch.equal(ds[0], ds[0])
 
 
+def test_center_crop_sizes_and_offsets():
+    t = torch.arange(7 * 10).reshape(1, 7, 10)
+    assert torch.equal(D.center_crop(t, 4), t[:, 1:5, 3:7])  # odd excess: the extra row goes at the bottom
+    assert torch.equal(D.center_crop(t, (3, 6)), t[:, 2:5, 2:8])
+    assert torch.equal(D.center_crop(t, 100), t)  # a size beyond the image keeps the image's
+    assert torch.equal(D.center_crop(t, 8), t[:, :, 1:9])
+    assert torch.equal(D.center_crop(t, multiple=4), t[:, 1:5, 1:9])
+    assert torch.equal(D.center_crop(t, 9, multiple=4), t[:, 1:5, 1:9])
+    assert D.center_crop(t, 4).data_ptr() == t[:, 1:5, 3:7].data_ptr()  # a view, not a copy
+    batch = torch.rand(2, 3, 9, 9)
+    assert torch.equal(D.center_crop(batch, 5), batch[..., 2:7, 2:7])
+    for bad in (0, (3,), (3, -1), 2.5, True):
+        with pytest.raises(ValueError, match="size"):
+            D.center_crop(t, bad)
+    with pytest.raises(ValueError, match="multiple"):
+        D.center_crop(t, multiple=0)
+    with pytest.raises(ValueError, match="pad it instead"):
+        D.center_crop(t, multiple=8)
+    with pytest.raises(ValueError, match="tensor"):
+        D.center_crop(np.zeros((4, 4)), 2)
+
+
+def test_reflect_pad_to_matches_the_dataset_padding(tmp_path):
+    img = torch.rand(3, 5, 12)
+    out = D.reflect_pad_to(img, 16)
+    assert out.shape == (3, 16, 16) and torch.equal(D.center_crop(out, (5, 12)), img)
+    assert torch.equal(out[:, 4, 2:14], out[:, 6, 2:14])  # mirrored about the image's first row (row 5)
+    assert torch.equal(out[:, 5:10, 1], out[:, 5:10, 3])  # and about its first column (column 2)
+    root = tmp_path / "small"
+    root.mkdir()
+    arr = _rgb(5, 12, 4)
+    Image.fromarray(arr).save(root / "s.png")
+    ds = D.ImageFolderDataset(root, 16, train=False)
+    expected = D.reflect_pad_to(D.load_image(root / "s.png"), 16) * 2 - 1
+    assert torch.allclose(ds[0], expected)
+    assert D.reflect_pad_to(img, 4) is img
+
+
 # ---------------------------------------------------------------------------- small images
 
 
@@ -168,18 +206,17 @@ def test_augmentation_deterministic_given_seed_epoch_index(tmp_path):
     b = D.ImageFolderDataset(root, 32, seed=7)
     for i in range(4):
         assert torch.equal(a.get(i, epoch=2), b.get(i, epoch=2))
-    b.set_epoch(2)
-    assert torch.equal(a.get(3, epoch=2), b[3])
-    assert torch.equal(a[(3, 2)], b[3])
+    assert torch.equal(a.get(3, epoch=2), b[(3, 2)])
+    assert torch.equal(a.get(3), b[3]) and torch.equal(a.get(3, epoch=0), b[3])  # a plain index reads epoch 0
     # epochs and seeds change the crops
     assert any(not torch.equal(a.get(i, 0), a.get(i, 1)) for i in range(4))
     c = D.ImageFolderDataset(root, 32, seed=8)
     assert any(not torch.equal(a.get(i, 0), c.get(i, 0)) for i in range(4))
     # the same with DataLoader workers as in-process
-    a.set_epoch(5)
-    seq = torch.stack([a[i] for i in range(4)])
+    seq = torch.stack([a[(i, 5)] for i in range(4)])
     for workers in (0, 2):
-        dl = torch.utils.data.DataLoader(a, batch_size=2, num_workers=workers, shuffle=False)
+        order = [(i, 5) for i in range(4)]
+        dl = torch.utils.data.DataLoader(a, batch_size=2, num_workers=workers, sampler=order)
         got = torch.cat(list(dl))
         assert torch.equal(got, seq), workers
 

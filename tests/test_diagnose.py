@@ -14,11 +14,14 @@ import skimage.data
 import torch
 from PIL import Image
 
+from vivat.artifacts import ARTIFACT_SCORES as SCORES
+from vivat.artifacts import METRICS
 from vivat.cli import main
 from vivat.config import VAEConfig
-from vivat.diagnose import (
-    METRICS,
-    SCORES,
+from vivat.diagnose import WorstImages
+from vivat.evaluate import ImageResult
+from vivat.model import AutoencoderKL
+from vivat.report.figures import (
     droplet_figure,
     droplet_map,
     heatmap,
@@ -27,7 +30,6 @@ from vivat.diagnose import (
     residual_spectrum,
     spectrum_figure,
 )
-from vivat.model import AutoencoderKL
 
 ODD_NAME = "a&b <x>"  # must come out HTML-escaped
 
@@ -134,6 +136,28 @@ def test_pictures_of_a_padded_image_show_only_the_image():
     assert pics.residual.shape == (60, 100) and pics.residual.max() == 0
     assert pics.droplet.shape == (60, 100) and np.unravel_index(np.argmax(pics.droplet), (60, 100)) == (30, 20)
     assert pics.droplet_layer == "decoder.up.0.norm" and pics.spectrum.db.shape == (56, 96)
+
+
+def test_worst_images_hold_a_bounded_set_of_pictures():
+    """Pictures are kept for the current top-k of each score (and included files) only."""
+    keeper = WorstImages(2, include=["7.png"])
+    g = torch.Generator().manual_seed(0)
+    held = []
+    for i in range(12):
+        x = torch.rand(3, 32, 32, generator=g)
+        scores = {name: 0.0 for name in SCORES} | {"grid": float(i % 5 + 1)}
+        metrics = {"psnr": 30.0, "ssim": 0.9, "lpips": None}
+        result = ImageResult(Path(f"{i}.png"), (32, 32), (32, 32), "", metrics, scores, x, x.clone(), {})
+        keeper.add(result)
+        held.append(len(keeper.pictures))
+    assert max(held) <= 3 and set(keeper.pictures) == {"4.png", "9.png", "7.png"}
+    assert keeper.worst(4) == [
+        {"file": "4.png", "why": ["highest grid"]},
+        {"file": "9.png", "why": ["2nd highest grid"]},
+    ]
+    bare = ImageResult(Path("a.png"), (32, 32), (32, 32), "", {}, {"grid": 9.0})
+    with pytest.raises(ValueError, match="tensors=True"):
+        WorstImages(1).add(bare)
 
 
 # ----------------------------------------------------------------------------- the command

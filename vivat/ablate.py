@@ -38,6 +38,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +46,11 @@ from typing import Any
 
 import torch
 
-from .artifacts import SCORE_NAMES
 from .config import VAEConfig
+from .errors import InputError
+from .train import TrainConfig
 
 SCALES = {"tiny": ("ldm-tiny", "vivat-tiny"), "full": ("ldm-f8c16", "vivat-f8c16")}
-METRICS = ("psnr", "ssim", "lpips")
-SCORES = (*SCORE_NAMES, "droplet_features")
-# lower is better for every score but PSNR and SSIM
-HIGHER_IS_BETTER = {"psnr", "ssim"}
 CROP_SIDE = 96  # side of the corner shown in ablation_crops.png
 
 
@@ -107,109 +105,125 @@ def variants(scale: str = "tiny", noise_run: bool = True) -> dict[str, tuple[VAE
 # -------------------------------------------------------------------------------------------
 # training (one process per variant, so that variants can run side by side)
 # -------------------------------------------------------------------------------------------
-def _train_variant(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one variant; stdout/stderr go to ``<dir>/train.log``. Runs in a worker process."""
-    from .checkpoint import latest_checkpoint
-    from .train import TrainConfig, train
+def _train_variant(cfg: TrainConfig, threads: int) -> dict[str, Any]:
+    """Train one variant; stdout/stderr go to ``<out>/train.log``. Runs in a worker process."""
+    from .train import train
 
-    torch.set_num_threads(job["threads"])
-    run_dir = Path(job["dir"])
+    torch.set_num_threads(threads)
+    run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(
-        model_config=VAEConfig.from_dict(job["config"]),
-        data=job["data"],
-        val=job["val"],
-        out=str(run_dir),
-        steps=job["steps"],
-        size=job["size"],
-        batch_size=job["batch_size"],
-        lr=job["lr"],
-        seed=job["seed"],
-        disc_start=job["disc_start"],
-        ckpt_every=job["ckpt_every"],
-        keep_ckpts=1,
-        val_every=job["steps"],
-        val_images=4,
-        log_every=max(1, job["steps"] // 50),
-        resume=latest_checkpoint(run_dir / "checkpoints") is not None,
-        overwrite=True,
-        device=job["device"],
-        workers=0,
-        progress=False,
-    )
     t0 = time.time()
     with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         summary = train(cfg)
-    return {"name": job["name"], "wall_s": time.time() - t0, "steps": summary["steps"], "skipped": summary.get("skipped")}
+    return {"wall_s": time.time() - t0, "steps": summary["steps"], "skipped": summary.get("skipped")}
 
 
 def _done_marker(run_dir: Path) -> Path:
     return run_dir / "ablation-settings.json"
 
 
+def variant_config(base: TrainConfig, name: str, model_config: VAEConfig, seed_offset: int = 0) -> TrainConfig:
+    """The training run of one variant: ``base`` with the variant's model, its own folder under
+    ``base.out``, the seed offset, and the ablation's bookkeeping (10 checkpoints, one kept;
+    validation at the end; about 50 log lines; resume when a checkpoint is there)."""
+    from .checkpoint import latest_checkpoint
+
+    run_dir = Path(base.out) / name
+    steps = base.steps
+    return dataclasses.replace(
+        base,
+        model_config=model_config,
+        preset=None,
+        init=None,
+        out=str(run_dir),
+        seed=base.seed + seed_offset,
+        disc_start=steps // 2 if base.disc_start is None else int(base.disc_start),
+        ckpt_every=max(1, steps // 10),
+        keep_ckpts=1,
+        val_every=steps,
+        val_images=4,
+        log_every=max(1, steps // 50),
+        resume=latest_checkpoint(run_dir / "checkpoints") is not None,
+        overwrite=True,
+        workers=0,
+        progress=False,
+    )
+
+
 # -------------------------------------------------------------------------------------------
 # the whole ablation
 # -------------------------------------------------------------------------------------------
 def run_ablation(
-    data: str | os.PathLike,
-    val: str | os.PathLike,
-    out: str | os.PathLike,
+    base: TrainConfig,
     *,
-    steps: int = 600,
     scale: str = "tiny",
-    size: int = 64,
-    batch_size: int = 4,
-    lr: float = 1e-3,
-    seed: int = 0,
-    disc_start: int | None = None,
-    max_side: int | None = 512,
     jobs: int = 2,
-    device: str = "cpu",
     noise_run: bool = True,
-    only: list[str] | None = None,
+    only: Sequence[str] | None = None,
+    max_side: int | None = 512,
     lpips: bool = True,
 ) -> dict[str, Any]:
-    """Train and evaluate every variant (see the module doc); returns what ``ablation.json`` holds."""
-    from .evaluate import evaluate_folder, load_model
+    """Train and evaluate every variant (see the module doc); returns what ``ablation.json`` holds.
+
+    ``base`` holds what every variant shares: ``data``, ``val`` (the held-out images, required),
+    ``out`` (the ablation's folder), ``steps``, ``size``, ``batch_size``, ``lr``, ``seed``,
+    ``disc_start`` (None: half of ``steps``, so the GAN-related fixes act) and ``device`` ("auto":
+    CUDA when available), and any other :class:`vivat.train.TrainConfig` field; its model fields are
+    replaced by each variant's (:func:`variant_config`). ``jobs`` variants train side by side on
+    CPU (threads split); on CUDA one at a time. ``max_side``: the held-out images are scored on
+    center crops of at most this side (None: whole images).
+    """
+    from .evaluate import Evaluation, load_model
+    from .report.ablate import markdown, markdown_table, write_crops, write_figure
 
     t_start = time.time()
-    out = Path(out)
+    if not isinstance(base, TrainConfig):
+        raise TypeError(f"base must be a TrainConfig, got {type(base).__name__}")
+    out = Path(base.out)
     table = variants(scale, noise_run)
     if only:
         unknown = sorted(set(only) - set(table))
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; valid: {list(table)}")
         table = {k: v for k, v in table.items() if k in only}
-    for name, path in (("data", data), ("val", val)):
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"{name} folder {path} does not exist")
-    if steps < 1 or batch_size < 1 or jobs < 1:
+    if base.val is None:
+        raise ValueError("base.val must name the held-out images every variant is scored on")
+    for name in ("data", "val"):
+        path = Path(getattr(base, name))
+        if not path.is_dir():
+            raise InputError(f"{name} folder {path} {'is not a folder' if path.exists() else 'does not exist'}")
+    if base.steps < 1 or base.batch_size < 1 or jobs < 1:
         raise ValueError("steps, batch_size and jobs must be >= 1")
-    if size < 8 or size % 8:
-        raise ValueError(f"size must be a positive multiple of 8, got {size}")
-    disc_start = steps // 2 if disc_start is None else int(disc_start)
-    if device == "cuda":
+    if base.size < 8 or base.size % 8:
+        raise ValueError(f"size must be a positive multiple of 8, got {base.size}")
+    device = str(base.device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    base = dataclasses.replace(base, device=device)
+    if device.startswith("cuda"):
         jobs = 1  # one GPU: variants run one after the other
     threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else torch.get_num_threads()
+    disc_start = base.steps // 2 if base.disc_start is None else int(base.disc_start)
     settings = {
         "scale": scale,
-        "steps": steps,
-        "size": size,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
+        "steps": base.steps,
+        "size": base.size,
+        "batch_size": base.batch_size,
+        "lr": base.lr,
+        "seed": base.seed,
         "disc_start": disc_start,
-        "data": str(data),
-        "val": str(val),
+        "data": str(base.data),
+        "val": str(base.val),
         "device": device,
     }
     out.mkdir(parents=True, exist_ok=True)
 
     # ---- train what is not trained yet --------------------------------------------------------
-    pending, train_info = [], {}
+    pending: list[tuple[str, TrainConfig, dict[str, Any]]] = []
+    train_info: dict[str, Any] = {}
     for name, (cfg, seed_offset, _) in table.items():
         run_dir = out / name
-        wanted = {**settings, "seed": seed + seed_offset, "config": cfg.to_dict()}
+        wanted = {**settings, "seed": base.seed + seed_offset, "config": cfg.to_dict()}
         marker = _done_marker(run_dir)
         if marker.is_file() and (run_dir / "model").is_dir():
             done = json.loads(marker.read_text())
@@ -217,80 +231,69 @@ def run_ablation(
                 train_info[name] = done["train"]
                 print(f"vivat ablate: {name}: already trained in {run_dir}, reused", flush=True)
                 continue
-        pending.append(
-            {
-                "name": name,
-                "dir": str(run_dir),
-                "config": cfg.to_dict(),
-                "data": str(data),
-                "val": str(val),
-                "steps": steps,
-                "size": size,
-                "batch_size": batch_size,
-                "lr": lr,
-                "seed": seed + seed_offset,
-                "disc_start": disc_start,
-                "ckpt_every": max(1, steps // 10),
-                "device": device,
-                "threads": threads,
-                "wanted": wanted,
-            }
-        )
+        pending.append((name, variant_config(base, name, cfg, seed_offset), wanted))
     if pending:
         print(
-            f"vivat ablate: training {len(pending)} variant(s), {steps} steps each, {jobs} at a time "
+            f"vivat ablate: training {len(pending)} variant(s), {base.steps} steps each, {jobs} at a time "
             f"({threads} thread(s) each); logs in {out}/<variant>/train.log",
             flush=True,
         )
 
-    def finished(job: dict[str, Any], info: dict[str, Any]) -> None:
-        train_info[job["name"]] = info
-        _done_marker(Path(job["dir"])).write_text(json.dumps({"settings": job["wanted"], "train": info}, indent=2))
-        print(f"vivat ablate: {job['name']}: trained in {info['wall_s']:.0f} s", flush=True)
+    def finished(name: str, run: TrainConfig, wanted: dict[str, Any], info: dict[str, Any]) -> None:
+        train_info[name] = info
+        _done_marker(Path(run.out)).write_text(json.dumps({"settings": wanted, "train": info}, indent=2))
+        print(f"vivat ablate: {name}: trained in {info['wall_s']:.0f} s", flush=True)
 
     if jobs == 1:
-        for job in pending:
-            print(f"vivat ablate: {job['name']}: training", flush=True)
-            finished(job, _train_variant(job))
+        for name, run, wanted in pending:
+            print(f"vivat ablate: {name}: training", flush=True)
+            finished(name, run, wanted, _train_variant(run, threads))
     elif pending:
         ctx = torch.multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(_train_variant, job): job for job in pending}
+            futures = {pool.submit(_train_variant, run, threads): (name, run, wanted) for name, run, wanted in pending}
             for fut in as_completed(futures):
-                job = futures[fut]
+                name, run, wanted = futures[fut]
                 try:
                     info = fut.result()
                 except Exception as err:  # keep the other variants; name the log to read
-                    raise RuntimeError(
-                        f"variant {job['name']} failed: {err} (see {Path(job['dir']) / 'train.log'})"
-                    ) from err
-                finished(job, info)
+                    raise RuntimeError(f"variant {name} failed: {err} (see {Path(run.out) / 'train.log'})") from err
+                finished(name, run, wanted, info)
 
     # ---- evaluate every variant on the held-out images ------------------------------------------
     results: dict[str, Any] = {}
     crops: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    first_image: list[Path] = []
-
+    first_image: Path | None = None
     for name, (cfg, seed_offset, what) in table.items():
-        print(f"vivat ablate: {name}: evaluating on {val}", flush=True)
+        print(f"vivat ablate: {name}: evaluating on {base.val}", flush=True)
         model = load_model(out / name / "model", device=device)
-
-        def keep(path: Path, x: torch.Tensor, y: torch.Tensor, _f: dict, _s: dict, name: str = name) -> None:
-            if not first_image:
-                first_image.append(path)
-            if path == first_image[0]:
-                crops[name] = (x, y)
-
-        report = evaluate_folder(model, val, sizing="crop", lpips=lpips, max_side=max_side, artifacts=True, keep=keep)
+        evaluation = Evaluation(
+            model,
+            base.val,
+            sizing="crop",
+            lpips=lpips,
+            max_side=max_side,
+            artifacts=True,
+            tensors=True,
+            jsonl=out / name / "eval.jsonl",
+        )
+        for result in evaluation:
+            if first_image is None:
+                first_image = result.path
+            if result.path == first_image:  # only the corner is kept
+                corner = (slice(None), slice(0, CROP_SIDE), slice(0, CROP_SIDE))
+                crops[name] = (result.original[corner].clone(), result.reconstruction[corner].clone())
+        report = evaluation.report()
         results[name] = {
             "what": what,
-            "seed": seed + seed_offset,
+            "seed": base.seed + seed_offset,
             "config": cfg.to_dict(),
             "train": train_info.get(name),
             "mean": report["mean"],
             "images": report["images"],
+            "skipped": report["skipped"],
         }
-        eval_settings = {"sizing": report["sizing"], "metrics": report["settings"], "n": report["n"]}
+        eval_settings = {key: report[key] for key in ("sizing", "small", "n")} | {"metrics": report["settings"]}
 
     summary = {
         "settings": settings,
@@ -299,7 +302,7 @@ def run_ablation(
         "variants": results,
         "own_artifact": own_artifact_changes(results),
         "crops": {
-            "image": str(first_image[0]) if first_image else None,
+            "image": None if first_image is None else str(first_image),
             "region": f"top-left {CROP_SIDE}x{CROP_SIDE} px of the scored image",
             "order": ["original", *crops],
         },
@@ -316,7 +319,7 @@ def run_ablation(
 
 
 # -------------------------------------------------------------------------------------------
-# reporting
+# comparison
 # -------------------------------------------------------------------------------------------
 def own_artifact_changes(results: dict[str, Any]) -> list[dict[str, Any]]:
     """For each single-fix variant: its targeted scores vs the baseline's, and the noise between
@@ -354,127 +357,3 @@ def _verdict(row: dict[str, Any]) -> str:
     return "better" if better else "worse"
 
 
-def _fmt(v: float | None, score: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    if score == "psnr":
-        return f"{v:.2f}"
-    if score in ("ssim", "lpips"):
-        return f"{v:.4f}"
-    return f"{v:.3f}"
-
-
-def markdown_table(summary: dict[str, Any]) -> str:
-    cols = (*METRICS, *SCORES)
-    head = "| variant | " + " | ".join(cols) + " | train s |"
-    lines = [head, "|" + "---|" * (len(cols) + 2)]
-    results = summary["variants"]
-    best = {}
-    for c in cols:
-        vals = [r["mean"][c] for r in results.values() if r["mean"].get(c) is not None]
-        if vals:
-            best[c] = max(vals) if c in HIGHER_IS_BETTER else min(vals)
-    for name, r in results.items():
-        cells = []
-        for c in cols:
-            v = r["mean"].get(c)
-            text = _fmt(v, c)
-            cells.append(f"**{text}**" if v is not None and best.get(c) == v else text)
-        wall = r["train"]["wall_s"] if r.get("train") else None
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'n/a' if wall is None else f'{wall:.0f}'} |")
-    return "\n".join(lines)
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    s = summary["settings"]
-    ev = summary["evaluation"]
-    lines = [
-        "# VIVAT ablation",
-        "",
-        (
-            f"Every variant trained {s['steps']} steps of {s['size']} px random crops, batch {s['batch_size']}, "
-            f"AdamW lr {s['lr']:g}, seed {s['seed']}, discriminator from step {s['disc_start']}, on "
-            f"`{s['data']}` ({s['device']}); scored on the {ev['n']} images of `{s['val']}` ({ev['sizing']})."
-        ),
-        f"Metrics: PSNR/SSIM on uint8-quantised reconstructions; LPIPS: {ev['metrics']['lpips']}.",
-        "Artifact scores (docs/ARTIFACTS.md): 0 is clean, higher is worse. Best value per column in bold.",
-        "",
-        markdown_table(summary),
-        "",
-        "## Does each fix lower its own artifact?",
-        "",
-        "| variant | artifact | score | baseline | with the fix | change | run-to-run noise | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary["own_artifact"]:
-        noise = "n/a" if r["noise"] is None else f"{r['noise']:.3f}"
-        lines.append(
-            f"| {r['variant']} | {r['artifact']} | {r['score']} | {r['baseline']:.3f} | {r['with_fix']:.3f} | "
-            f"{r['change']:+.3f} ({100 * r['relative']:+.0f}%) | {noise} | {r['verdict']} |"
-        )
-    crops = summary["crops"]
-    lines += [
-        "",
-        "Run-to-run noise: |baseline(seed+1) - baseline| of the same score. A change inside it says nothing.",
-        "",
-        f"`ablation_crops.png`: the {crops['region']} `{crops['image']}`, left to right: "
-        + ", ".join(crops["order"])
-        + ". `ablation.png`: every mean score relative to the baseline (negative is better).",
-        "",
-        "Variants:",
-        "",
-    ]
-    for name, r in summary["variants"].items():
-        lines.append(f"- `{name}`: {r['what']}")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def write_figure(summary: dict[str, Any], path: Path) -> Path | None:
-    """Bar chart: each variant's mean scores relative to the baseline (matplotlib; None without it)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    results = summary["variants"]
-    if "baseline" not in results:
-        return None
-    base = results["baseline"]["mean"]
-    cols = [c for c in ("psnr", "ssim", *SCORES) if base.get(c)]
-    names = [n for n in results if n != "baseline"]
-    fig, ax = plt.subplots(figsize=(12, 4.5), dpi=110)
-    width = 0.8 / max(1, len(names))
-    for i, name in enumerate(names):
-        mean = results[name]["mean"]
-        rel = []
-        for c in cols:
-            change = (mean[c] - base[c]) / abs(base[c])
-            rel.append(100 * (-change if c in HIGHER_IS_BETTER else change))
-        ax.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(cols))], rel, width, label=name)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_ylabel("% vs baseline (negative = better)")
-    ax.set_title(f"VIVAT ablation, {summary['settings']['steps']} steps ({summary['settings']['scale']} scale)")
-    ax.legend(fontsize=8, ncol=min(4, len(names)))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def write_crops(crops: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, side: int = CROP_SIDE) -> Path | None:
-    """One row: the original's top-left corner, then the same corner reconstructed by each variant
-    in the order of ``crops``; the corner is where padding artifacts show."""
-    from .data import save_grid
-
-    if not crops:
-        return None
-    first = next(iter(crops.values()))[0]
-    cells = [first[:, :side, :side]] + [y[:, :side, :side] for _, y in crops.values()]
-    return save_grid([cells], path, padding=4)

@@ -5,8 +5,8 @@ Every score compares originals ``x`` with reconstructions ``x_hat`` of shape (N,
 batched), is exactly 0 when ``x_hat == x`` and grows with its artifact. ``droplet_features`` reads
 the decoder's norm inputs instead, recorded with :class:`FeatureRecorder`.
 
-The definitions, and why they differ in places from the first draft in EVAL.md, are in
-docs/ARTIFACTS.md.
+The definitions, and why they refine in places the first sketch of the scores, are in
+docs/ARTIFACTS.md; docs/EVAL.md has the conventions they share with the metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "ARTIFACT_SCORES",
+    "HIGHER_IS_BETTER",
+    "METRICS",
+    "REFERENCE_LEVELS",
+    "REPORT_COLUMNS",
     "SCORE_NAMES",
     "FeatureRecorder",
     "blur",
@@ -34,9 +39,31 @@ __all__ = [
     "is_decoder_norm",
     "is_norm_module",
     "rgb_to_lab",
+    "robust_center_spread",
+    "spike_map",
 ]
 
-SCORE_NAMES = ("color_shift", "grid", "blur", "border", "corner", "droplet")
+# The numbers a report shows, in report order. Every artifact score is 0 for a clean
+# reconstruction and grows with its artifact (lower is better), as does LPIPS; PSNR and SSIM
+# are the only numbers where higher is better.
+SCORE_NAMES = ("color_shift", "grid", "blur", "border", "corner", "droplet")  # from the images alone
+ARTIFACT_SCORES = (*SCORE_NAMES, "droplet_features")  # plus the one read from decoder feature maps
+METRICS = ("psnr", "ssim", "lpips")  # reconstruction metrics of vivat.metrics
+REPORT_COLUMNS = (*METRICS, *ARTIFACT_SCORES)
+HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})  # every other name in REPORT_COLUMNS: lower is better
+
+# Above these levels an artifact is present: the most each score drifts under the *other*
+# artifacts (NEAR in docs/ARTIFACTS.md); droplet_features: normal activations score 3.5–5,
+# a droplet tens. The diagnosis report shades values above them and ranks its worst images by them.
+REFERENCE_LEVELS: dict[str, float] = {
+    "color_shift": 0.5,
+    "grid": 0.5,
+    "blur": 0.05,
+    "border": 0.25,
+    "corner": 0.25,
+    "droplet": 5.0,
+    "droplet_features": 10.0,
+}
 
 STRIDE = 8  # the f8 decoder's upsampling period
 BAND = 8  # width of the border band (pixels)
@@ -100,7 +127,7 @@ def _interior(t: Tensor) -> Tensor:
     return t[..., MARGIN : t.shape[-2] - MARGIN, MARGIN : t.shape[-1] - MARGIN]
 
 
-def _robust_center_spread(v: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
+def robust_center_spread(v: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
     """Median and MAD-based standard deviation of ``v`` along ``dim`` (kept as a size-1 dim)."""
     med = v.median(dim=dim, keepdim=True).values
     mad = (v - med).abs().median(dim=dim, keepdim=True).values
@@ -397,7 +424,7 @@ def border(x: Tensor, x_hat: Tensor) -> Tensor:
 
         border = max(0, (mean_band err − ê) / max(ê, 1/255)),  ê = α·mean_band detail + β.
 
-    With a content-blind fit (α = 0) this is EVAL.md's band-over-interior ratio minus 1. 0 for
+    With a content-blind fit (α = 0) this is the plain band-over-interior ratio minus 1. 0 for
     images under 40 px.
     """
     return _edge_scores(*_check_pair(x, x_hat))[0]
@@ -432,7 +459,7 @@ def _droplet(x: Tensor, x_hat: Tensor) -> Tensor:
     low = _gaussian_lowpass(_interior(x_hat - x), DROPLET_SIGMA)
     energy = low.pow(2).sum(dim=1, keepdim=True)
     e = F.avg_pool2d(energy, WINDOW, stride=WINDOW // 2).clamp_min(0).sqrt().flatten(1)  # (N, windows)
-    med, spread = _robust_center_spread(e)
+    med, spread = robust_center_spread(e)
     return ((e.max(dim=1).values - med[:, 0]) / spread[:, 0].clamp_min(GREY_LEVEL)).clamp_min(0)
 
 
@@ -482,26 +509,41 @@ def _feature_list(features: Tensor | Iterable[Tensor] | Mapping[str, Any]) -> li
     return out
 
 
+def spike_map(features: Tensor) -> Tensor:
+    """Per-pixel spike ratio of one decoder feature map (N, C, H, W): a tensor of the same shape.
+
+    For each image and channel, |a − median| over the channel's robust spread (1.4826 · MAD of the
+    channel's values, floored at 1e-3 of the image's RMS deviation from the channel medians, so a
+    constant channel does not divide by zero). Normal activations reach a few spreads; a droplet
+    tens. :func:`droplet_features` is built on it, and the diagnosis report draws its maximum over
+    channels.
+    """
+    if not isinstance(features, Tensor) or features.dim() != 4:
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(f"features must be a tensor of shape (N, C, H, W), got {shape}")
+    n, c, h, w = features.shape
+    v = features.detach().to(torch.float32).reshape(n, c, -1)
+    med, spread = robust_center_spread(v)
+    dev = (v - med).abs()
+    rms = dev.pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
+    floor = (1e-3 * rms).clamp_min(1e-12)
+    return (dev / torch.maximum(spread, floor)).reshape(n, c, h, w)
+
+
 def droplet_features(features: Tensor | Iterable[Tensor] | Mapping[str, Any], quantile: float = 0.999) -> Tensor:
     """Spike ratio of decoder feature maps, per image (N,).
 
-    For every map (N, C, H, W) and channel: max |a − median| over the channel's robust spread
-    (1.4826 · MAD, floored at 1e-3 of the map's RMS about the channel medians); then the
-    ``quantile`` (99.9th percentile) over channels; then the maximum over maps, because a
-    droplet lives in a few layers and averaging would dilute it. Normal activations score a few
-    spreads (about 3.5 for 32×32 Gaussian maps); a droplet scores tens.
+    For every map (N, C, H, W) and channel: the largest :func:`spike_map` value (max |a − median|
+    over the channel's robust spread); then the ``quantile`` (99.9th percentile) over channels;
+    then the maximum over maps, because a droplet lives in a few layers and averaging would
+    dilute it. Normal activations score a few spreads (about 3.5 for 32×32 Gaussian maps); a
+    droplet scores tens.
     """
     maps = _feature_list(features)
     scores = []
     for f in maps:
-        n, c = f.shape[:2]
-        v = f.reshape(n, c, -1)
-        med, spread = _robust_center_spread(v)
-        dev = (v - med).abs()
-        rms = dev.pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
-        floor = (1e-3 * rms).clamp_min(1e-12)
-        ratio = dev.max(dim=-1, keepdim=True).values / torch.maximum(spread, floor)
-        scores.append(torch.quantile(ratio[..., 0], quantile, dim=1))
+        ratio = spike_map(f).flatten(2).max(dim=-1).values  # (N, C)
+        scores.append(torch.quantile(ratio, quantile, dim=1))
     return torch.stack(scores).max(dim=0).values
 
 

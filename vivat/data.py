@@ -3,6 +3,7 @@
 * :class:`ImageFolderDataset`: square crops in [-1, 1] from a folder tree, robust to odd files,
   with augmentation that is reproducible from (seed, epoch, index).
 * :func:`load_image` / :func:`save_image` / :func:`save_grid`: [0, 1] tensors <-> PNG files.
+* :func:`center_crop`: the one center crop every part of vivat uses (dataset, evaluation, reports).
 * :func:`demo_images`: the project's default data, written from the colour photographs that ship
   inside scikit-image (no download, no external folder).
 
@@ -24,14 +25,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_LOAD_ERRORS",
     "ImageFolderDataset",
     "DemoImages",
     "DEMO_TRAIN",
     "DEMO_VAL",
+    "center_crop",
     "demo_images",
     "load_image",
+    "reflect_pad_to",
     "save_image",
     "save_grid",
     "scan_images",
@@ -40,7 +46,7 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 # Errors PIL raises for unreadable, truncated or hostile files.
-_LOAD_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
+IMAGE_LOAD_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
 
 # Files that failed to decode in this process: each is warned about once, however many datasets
 # (training and validation crops of one folder) read it.
@@ -90,6 +96,38 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image file as a float32 tensor (3, H, W) in [0, 1], converted to RGB."""
     arr = _open_rgb(Path(path))
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def center_crop(image: torch.Tensor, size: int | tuple[int, int] | None = None, *, multiple: int = 1) -> torch.Tensor:
+    """The central ``size`` region of the last two dims of ``image`` (..., H, W), as a view.
+
+    ``size`` is one side or (height, width); a side longer than the image keeps the image's (so
+    ``size=max_side`` limits both sides to at most ``max_side``); None keeps both. Each side is then
+    rounded down to a multiple of ``multiple``. The region starts at ((H - h) // 2, (W - w) // 2):
+    an odd excess drops the extra row or column at the bottom or right.
+    """
+    if not isinstance(image, torch.Tensor) or image.dim() < 2:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a tensor (..., H, W), got {shape}")
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple must be a positive int, got {multiple!r}")
+    h, w = image.shape[-2:]
+    if size is None:
+        size = (h, w)
+    elif isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)
+    ):
+        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+    h2, w2 = min(h, size[0]), min(w, size[1])
+    h2, w2 = h2 - h2 % multiple, w2 - w2 % multiple
+    if h2 == 0 or w2 == 0:
+        raise ValueError(f"image {h}x{w} has no {multiple}-pixel multiple to crop to; pad it instead")
+    top, left = (h - h2) // 2, (w - w2) // 2
+    return image[..., top : top + h2, left : left + w2]
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +273,21 @@ def _reflect_pad_to(arr: np.ndarray, size: int) -> np.ndarray:
     return arr
 
 
+def reflect_pad_to(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Reflect-pad an image (C, H, W), centered, so both sides are at least ``size``.
+
+    The padding of :class:`ImageFolderDataset` for images smaller than the crop (``small="pad"``):
+    the reflection repeats when the pad exceeds the image, and a 1-pixel side is replicated.
+    """
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a tensor (C, H, W), got {shape}")
+    if min(image.shape[-2:]) >= size:
+        return image
+    arr = _reflect_pad_to(image.permute(1, 2, 0).cpu().numpy(), size)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous().to(image.device)
+
+
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index)])
     return int(ss.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
@@ -250,9 +303,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         small: images with a side shorter than ``size`` are reflect-padded ("pad", centered) or
             left out at scan time ("skip", decided from the file header without decoding).
         seed: with an int, the augmentation of item ``index`` in epoch ``e`` depends only on
-            (seed, e, index) (call :meth:`set_epoch` at the start of every epoch), so a resumed run
-            sees exactly the same crops and flips, with any number of DataLoader workers. With
-            None the global torch RNG is used (DataLoader seeds each worker differently).
+            (seed, e, index), so a resumed run sees exactly the same crops and flips, with any number
+            of DataLoader workers. Index the dataset with ``(index, epoch)`` tuples (as the
+            trainer's sampler does) or call :meth:`get`; a plain index reads epoch 0. With None the
+            global torch RNG is used (DataLoader seeds each worker differently).
 
     Files that cannot be opened at scan time are skipped with one warning each. A file that fails
     to decode later (e.g. truncated data) is warned about once per process (also when a second
@@ -265,9 +319,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     ``failed_at_load`` and ``padded`` (usable images that need padding); :meth:`stats` returns
     them as a dict, its ``failed_at_load`` being ``len(failed_files())``. The attribute
     ``failed_at_load`` only counts failures in this process (DataLoader workers keep their own
-    copies). With ``persistent_workers=True`` the workers keep their own copy of
-    the dataset and do not see :meth:`set_epoch`; use non-persistent workers (the default) or
-    index the dataset with ``(index, epoch)`` tuples from an epoch-aware sampler.
+    copies).
     """
 
     def __init__(
@@ -289,16 +341,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.train = bool(train)
         self.small = small
         self.seed = None if seed is None else int(seed)
-        self.epoch = 0
 
         if not self.root.exists():
-            raise ValueError(f"image folder {self.root} does not exist")
+            raise InputError(f"image folder {self.root} does not exist")
         if not self.root.is_dir():
-            raise ValueError(f"image folder {self.root} is not a directory")
+            raise InputError(f"image folder {self.root} is not a directory")
         candidates = scan_images(self.root)
         self.found = len(candidates)
         if not candidates:
-            raise ValueError(
+            raise InputError(
                 f"no images found in {self.root} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
             )
 
@@ -311,7 +362,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         for p in candidates:
             try:
                 w, h = _header_size(p)
-            except _LOAD_ERRORS as e:
+            except IMAGE_LOAD_ERRORS as e:
                 self.skipped_unreadable += 1
                 warnings.warn(f"skipping unreadable image {p}: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
                 continue
@@ -323,7 +374,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             self.paths.append(p)
             self.sizes.append((w, h))
         if not self.paths:
-            raise ValueError(
+            raise InputError(
                 f"no usable images in {self.root}: {self.found} found, {self.skipped_small} smaller than "
                 f"{self.size}px (small='skip'), {self.skipped_unreadable} unreadable"
             )
@@ -335,10 +386,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose augmentation stream :meth:`__getitem__` uses (seeded mode)."""
-        self.epoch = int(epoch)
 
     def stats(self) -> dict:
         return {
@@ -366,32 +413,30 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     # -- items --------------------------------------------------------------------------------
 
-    def generator(self, index: int, epoch: int | None = None) -> torch.Generator | None:
+    def generator(self, index: int, epoch: int = 0) -> torch.Generator | None:
         """The random stream for (seed, epoch, index); None when the dataset has no seed."""
         if self.seed is None:
             return None
         g = torch.Generator()
-        g.manual_seed(_item_seed(self.seed, self.epoch if epoch is None else epoch, index))
+        g.manual_seed(_item_seed(self.seed, epoch, index))
         return g
 
     def _crop(self, arr: np.ndarray, g: torch.Generator | None) -> torch.Tensor:
-        arr = _reflect_pad_to(arr, self.size)
-        h, w = arr.shape[:2]
+        t = torch.from_numpy(np.ascontiguousarray(_reflect_pad_to(arr, self.size))).permute(2, 0, 1)
+        h, w = t.shape[-2:]
         s = self.size
         if self.train:
             top = int(torch.randint(0, h - s + 1, (1,), generator=g))
             left = int(torch.randint(0, w - s + 1, (1,), generator=g))
-            flip = bool(torch.rand((), generator=g) < 0.5)
+            t = t[:, top : top + s, left : left + s]
+            if bool(torch.rand((), generator=g) < 0.5):
+                t = t.flip(-1)
         else:
-            top, left, flip = (h - s) // 2, (w - s) // 2, False
-        arr = arr[top : top + s, left : left + s]
-        if flip:
-            arr = arr[:, ::-1]
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
-        return t * 2.0 - 1.0
+            t = center_crop(t, s)
+        return t.contiguous() * 2.0 - 1.0
 
-    def get(self, index: int, epoch: int | None = None) -> torch.Tensor:
-        """Item ``index`` with the augmentation of ``epoch`` (default: the current epoch)."""
+    def get(self, index: int, epoch: int = 0) -> torch.Tensor:
+        """Item ``index`` with the augmentation of ``epoch``."""
         n = len(self.paths)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
@@ -403,7 +448,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 continue
             try:
                 arr = _open_rgb(self.paths[j])
-            except _LOAD_ERRORS as e:
+            except IMAGE_LOAD_ERRORS as e:
                 last_err = e
                 self._bad.add(j)
                 self.failed_at_load += 1

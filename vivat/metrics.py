@@ -1,4 +1,4 @@
-"""Reconstruction metrics with pinned settings (see docs/EVAL.md of the shared project docs).
+"""Reconstruction metrics with pinned settings (docs/EVAL.md states the conventions).
 
 Conventions
 -----------
@@ -44,6 +44,8 @@ from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
+
+from .data import center_crop
 
 __all__ = [
     "PSNR_MSE_FLOOR",
@@ -414,7 +416,7 @@ def evaluate_pairs(
 
     ``x`` and ``y`` are (N, 3, H, W) tensors or equal-length sequences of (3, H, W) tensors (sizes
     may differ between pairs). The reconstruction is clamped and quantised to uint8 levels first
-    (``quantise=True``, the EVAL convention); originals are used as given and must lie in [0, 1].
+    (``quantise=True``, the convention of docs/EVAL.md); originals are used as given and must lie in [0, 1].
 
     Returns ``{"n", "psnr", "ssim", "lpips", "psnr_mean", "ssim_mean", "lpips_mean", "settings"}``
     where the metric entries are per-image lists (``lpips`` is None when no model is given) and the
@@ -561,12 +563,11 @@ def prepare_eval_image(
     if h % multiple == 0 and w % multiple == 0:
         return img, EvalPrep("none", (h, w), (h, w), multiple)
     if mode == "crop":
-        h2, w2 = (h // multiple) * multiple, (w // multiple) * multiple
-        if h2 == 0 or w2 == 0:
+        if h < multiple or w < multiple:
             raise ValueError(f"image {h}x{w} is smaller than {multiple} pixels; use mode='pad'")
-        top, left = (h - h2) // 2, (w - w2) // 2
-        out = x[..., top : top + h2, left : left + w2]
-        info = EvalPrep("crop", (h, w), (h2, w2), multiple, offset=(top, left))
+        out = center_crop(x, multiple=multiple)
+        h2, w2 = out.shape[-2:]
+        info = EvalPrep("crop", (h, w), (h2, w2), multiple, offset=((h - h2) // 2, (w - w2) // 2))
     else:
         h2, w2 = -(-h // multiple) * multiple, -(-w // multiple) * multiple
         out = _reflect_pad(x, h2 - h, w2 - w)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..ablate import FIXES, SCALES, run_ablation, variants
+from ..train import TrainConfig
 from .common import (
     UsageError,
     add_command,
@@ -88,22 +89,25 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     prepare_output_dir(args.out, "--out")
 
-    run_ablation(
-        args.data,
-        args.val,
-        args.out,
+    base = TrainConfig(
+        data=args.data,
+        val=args.val,
+        out=args.out,
         steps=args.steps,
-        scale=args.scale,
         size=args.size,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
         disc_start=args.disc_start,
-        max_side=args.max_side or None,
+        device=str(device),
+    )
+    run_ablation(
+        base,
+        scale=args.scale,
         jobs=args.jobs,
-        device=device,
         noise_run=not args.no_noise_run,
         only=only,
+        max_side=args.max_side or None,
         lpips=not args.no_lpips,
     )
     return 0

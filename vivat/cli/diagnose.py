@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from ..diagnose import SCORES, diagnose_model, write_report
+from ..diagnose import diagnose_model
 from ..evaluate import load_model
+from ..report.diagnose import summary_line, write_report
 from .common import (
     add_command,
     add_device_argument,
@@ -69,13 +68,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def _summary(label: str, run: Mapping[str, Any]) -> str:
-    m = run["mean"]
-    lp = "n/a" if m["lpips"] is None else f"{m['lpips']:.4f}"
-    scores = ", ".join(f"{n} {'n/a' if m[n] is None else format(m[n], '.3g')}" for n in SCORES)
-    return f"{label}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, LPIPS {lp}; {scores}"
-
-
 def run(args: argparse.Namespace) -> int:
     require_dir("--model", args.model)
     require_dir("--data", args.data)
@@ -87,7 +79,14 @@ def run(args: argparse.Namespace) -> int:
 
     settings = {"sizing": args.sizing, "max_side": args.max_side, "lpips": not args.no_lpips}
     print(f"scoring {args.data} with {args.model} ...", file=sys.stderr)
-    result = diagnose_model(load_model(args.model, device), args.data, worst=args.worst, name=args.model, **settings)
+    result = diagnose_model(
+        load_model(args.model, device),
+        args.data,
+        worst=args.worst,
+        name=args.model,
+        jsonl=Path(out) / "report.jsonl",
+        **settings,
+    )
     baseline = None
     if args.baseline is not None:
         print(f"scoring {args.data} with the baseline {args.baseline} ...", file=sys.stderr)
@@ -103,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"report:  {paths['html']}")
     print(f"numbers: {paths['json']} ({len(paths['figures'])} figures in {Path(out) / 'figures'})")
     print(f"{result['n']} images, {result['sizing']}")
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])} file(s) that could not be scored (listed in {paths['json']})")
     if baseline is not None:
-        print(_summary("baseline", baseline))
-    print(_summary("model", result))
+        print(summary_line("baseline", baseline))
+    print(summary_line("model", result))
     if result["mean"]["lpips"] is None:
         print(f"LPIPS: {result['settings']['lpips']}")
     return 0

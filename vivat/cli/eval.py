@@ -54,12 +54,19 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "model": str(args.model),
         "data": str(args.data),
-        **evaluate_folder(model, args.data, args.sizing, lpips=not args.no_lpips, max_side=args.max_side),
+        **evaluate_folder(
+            model,
+            args.data,
+            args.sizing,
+            lpips=not args.no_lpips,
+            max_side=args.max_side,
+            jsonl=None if out is None else out.with_suffix(".jsonl"),
+        ),
     }
     text = json.dumps(report, indent=2)
     if out is not None:
         out.write_text(text + "\n")
-        print(f"wrote {out}", file=sys.stderr)
+        print(f"wrote {out} (per-image lines in {out.with_suffix('.jsonl')})", file=sys.stderr)
     else:
         print(text)
     mean = report["mean"]
@@ -69,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         f"LPIPS(alex) {lp}",
         file=sys.stderr,
     )
+    if report.get("skipped"):
+        print(f"skipped {len(report['skipped'])} file(s) that could not be evaluated (listed in the report)", file=sys.stderr)
     if mean["lpips"] is None:
         print(f"LPIPS: {report['settings']['lpips']}", file=sys.stderr)
     return 0

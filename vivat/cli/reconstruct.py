@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..evaluate import load_model, write_reconstructions
 from .common import (
@@ -47,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_output_dir(args.out, "--out")
 
     model = load_model(args.model, device=device)
-    for r in write_reconstructions(model, args.images, out, sizing=args.sizing, max_side=args.max_side):
+    result = write_reconstructions(model, args.images, out, sizing=args.sizing, max_side=args.max_side)
+    for r in result:
         print(f"{r['file']}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f} -> {r['side_by_side']}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} of {len(args.images)} image(s) (named in the warnings above)", file=sys.stderr)
     return 0
