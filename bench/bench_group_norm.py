@@ -10,8 +10,12 @@ Two workloads, each forward (no grad) and forward+backward:
 
 Effective bandwidth uses the floor of the byte model in KERNELS.md: forward reads x and writes y
 (2 bytes-per-element x s), forward+backward adds reading x and dy and writing dx (5 s in all).
-The fused kernels move 3 s forward (x is read twice) and 5 s backward, so "fused model GB/s" is
-what the DRAM actually carried. Run ``python bench/bench_group_norm.py --help``.
+"design GB/s" counts what the split design moves (3 s forward, 8 s forward+backward); the
+per-group design moves the floor when the group stays on chip or in L2. On CUDA the times are
+kernel times (an L2 flush before each repetition, repetitions queued back to back), with the
+CUDA-graph replay and host-inclusive times in a second table. ``--host`` prints the per-call host
+cost at a tiny shape instead (CPU). ``pytest bench --benchmark-only`` runs the same cases through
+pytest-benchmark. Run ``python bench/bench_group_norm.py --help``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from bench.common import (  # noqa: E402
     RESULTS,
     copy_bandwidth_gbps,
     environment,
+    gbps,
+    gpu_times,
     markdown_table,
     peak_extra_mb,
     time_ms,
@@ -37,7 +43,7 @@ from bench.common import (  # noqa: E402
 )
 from vivat_kernels import fused_group_norm  # noqa: E402
 from vivat_kernels.nn import SpatialNorm  # noqa: E402
-from vivat_kernels.ops.group_norm import selected_backend  # noqa: E402
+from vivat_kernels.ops.group_norm import last_selection, selected_backend  # noqa: E402
 
 CPU_SHAPES = [(1, 128, 256, 256), (1, 256, 128, 128), (4, 512, 64, 64)]
 GPU_EXTRA = [(1, 128, 1024, 1024), (1, 512, 256, 256)]
@@ -139,16 +145,30 @@ def run_case(workload, shape, dtype, device, channels_last, args, copy_gbps):
         return f
 
     for name, m in paths.items():
-        row[f"fwd_ms_{name}"] = time_ms(fwd(m), device, warmup=args.warmup, reps=args.reps)
-        row[f"fb_ms_{name}"] = time_ms(fwd_bwd(m), device, warmup=args.warmup, reps=args.reps)
+        for kind, fn in (("fwd", fwd(m)), ("fb", fwd_bwd(m))):
+            if device.type == "cuda":
+                # kernel time (L2 flushed, queued reps), CUDA-graph replay, host-inclusive eager calls
+                t = gpu_times(fn, device, warmup=args.warmup, reps=max(args.reps, 20))
+                row[f"{kind}_ms_{name}"] = t["kernel_ms"]
+                row[f"{kind}_graph_ms_{name}"] = t["graph_ms"]
+                row[f"{kind}_host_ms_{name}"] = t["host_ms"]
+            else:
+                row[f"{kind}_ms_{name}"] = time_ms(fn, device, warmup=args.warmup, reps=args.reps)
+        if name == "vivat":
+            row["backend"] = last_selection()[0] or row["backend"]
         if device.type == "cuda":
             row[f"fb_peak_mb_{name}"] = peak_extra_mb(fwd_bwd(m), device)
     for kind in ("fwd", "fb"):
         row[f"{kind}_x_eager"] = row[f"{kind}_ms_eager"] / row[f"{kind}_ms_vivat"]
         row[f"{kind}_x_compile"] = row[f"{kind}_ms_compile"] / row[f"{kind}_ms_vivat"]
-    row["fwd_eff_gbps"] = 2 * s * numel / (row["fwd_ms_vivat"] * 1e-3) / 1e9
-    row["fwd_model_gbps"] = 3 * s * numel / (row["fwd_ms_vivat"] * 1e-3) / 1e9
-    row["fb_eff_gbps"] = 5 * s * numel / (row["fb_ms_vivat"] * 1e-3) / 1e9
+        if device.type == "cuda":
+            row[f"{kind}_host_x_eager"] = row[f"{kind}_host_ms_eager"] / row[f"{kind}_host_ms_vivat"]
+    # GB/s on both byte models (KERNELS.md): the floor (2s forward, 5s forward+backward) and the
+    # bytes the split design moves (x read twice forward: 3s; backward reads x and dy twice: 8s)
+    row["fwd_eff_gbps"] = gbps(2 * s * numel, row["fwd_ms_vivat"])
+    row["fwd_model_gbps"] = gbps(3 * s * numel, row["fwd_ms_vivat"])
+    row["fb_eff_gbps"] = gbps(5 * s * numel, row["fb_ms_vivat"])
+    row["fb_model_gbps"] = gbps(8 * s * numel, row["fb_ms_vivat"])
     if copy_gbps:
         row["fwd_eff_of_copy"] = row["fwd_eff_gbps"] / copy_gbps
     return row
@@ -162,6 +182,15 @@ COLUMNS = [
     ("fb_x_eager", "f+b ×eager"), ("fb_x_compile", "f+b ×compile"),
     ("fwd_eff_gbps", "fwd eff GB/s"), ("fwd_eff_of_copy", "fwd eff / copy"), ("fb_eff_gbps", "f+b eff GB/s"),
     ("rel_err", "rel err"),
+]
+# CUDA only: CUDA-graph replay (kernel-only) and host-inclusive back-to-back times
+GPU_COLUMNS = [
+    ("workload", "op"), ("shape", "shape"), ("layout", "layout"),
+    ("fwd_graph_ms_eager", "fwd graph eager ms"), ("fwd_graph_ms_vivat", "fwd graph vivat ms"),
+    ("fb_graph_ms_eager", "f+b graph eager ms"), ("fb_graph_ms_vivat", "f+b graph vivat ms"),
+    ("fwd_host_ms_eager", "fwd host eager ms"), ("fwd_host_ms_vivat", "fwd host vivat ms"),
+    ("fwd_host_x_eager", "fwd host ×eager"), ("fb_host_x_eager", "f+b host ×eager"),
+    ("fwd_model_gbps", "fwd design GB/s (3s)"), ("fb_model_gbps", "f+b design GB/s (8s)"),
 ]
 
 
@@ -241,6 +270,9 @@ def host_worker(kind: str, rounds: int, calls: int) -> dict:
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         mod.install(90)
+        from vivat_kernels import _backend
+
+        _backend.triton_usable = lambda device: (True, "stand-in cuda:90 driver (launches compile only)")
     fns = _host_calls("triton" if kind.startswith("triton") else kind)
     out = {}
     for name, fn in fns.items():
@@ -358,8 +390,13 @@ def report(rows, device, copy_gbps, out_dir, quiet=False) -> str:
     md = [f"# GroupNorm family benchmark — {env['device']}, {env['date']}", "",
           f"torch {env['torch']}, triton {env['triton']}, threads {env['threads']}"
           + (f", device-to-device copy {copy_gbps:.0f} GB/s" if copy_gbps else ""),
-          "Medians after warm-up; ratios = other path's time / vivat's time (higher is better), one run.", "",
+          "Medians after warm-up; ratios = other path's time / vivat's time (higher is better), one run."
+          + (" GPU ms: kernel time (L2 flushed before each repetition, repetitions queued back to back)."
+             if device.type == "cuda" else ""), "",
           markdown_table(rows, COLUMNS)]
+    if device.type == "cuda":
+        md += ["", "CUDA-graph replay (kernel only) and host-inclusive (back-to-back eager calls) times:", "",
+               markdown_table(rows, GPU_COLUMNS)]
     markdown = "\n".join(md)
     if out_dir is not None:
         jpath, mpath = write_results(out_dir, "group_norm", device, {"env": env, "rows": rows}, markdown)

@@ -15,8 +15,14 @@ Backend contract (``triton`` and ``cpp`` implement the same two functions):
 * ``group_norm_bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, silu, mask)
   -> (dx, dweight, dbias, dgamma, dbeta)``: dy in x's layout; ``mask`` is five bools saying which
   gradients are wanted, unwanted ones (and those of absent inputs) are None. dx like x;
-  dweight/dbias in the accumulation dtype (float32, float64 for float64 x); dgamma/dbeta like
-  gamma/beta, at low resolution (the sum over each upsampled block).
+  dweight/dbias in the accumulation dtype (float32, float64 for float64 x) or already in the
+  parameter's dtype (triton); dgamma/dbeta like gamma/beta, at low resolution (the sum over each
+  upsampled block).
+
+Eager calls of :func:`fused_group_norm` run the backend through a lean ``autograd.Function``
+(custom-op dispatch costs more host time than the kernels at small shapes); under
+``torch.compile`` the custom ops are used, so graphs stay whole. Under the ``auto`` backend each
+call shape is also weighed against plain eager ATen (see :func:`fused_group_norm`).
 """
 
 from __future__ import annotations
