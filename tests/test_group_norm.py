@@ -395,6 +395,7 @@ def test_auto_considers_eager_and_reports(monkeypatch):
         pytest.skip(why)
     gn_op.clear_caches()
     vk.set_backend(None)
+    monkeypatch.setattr(gn_op, "AUTO_EAGER_DEVICES", ("cuda", "cpu"))  # CPU keeps cpp by default
     x = torch.randn(1, 8, 4, 4)
     y = vk.fused_group_norm(x, 4, act="silu")
     backend, why = gn_op.last_selection()
@@ -416,6 +417,16 @@ def test_auto_considers_eager_and_reports(monkeypatch):
     with vk.use_backend("cpp"):
         vk.fused_group_norm(torch.randn(1, 8, 6, 6), 4)
         assert gn_op.last_selection()[0] == "cpp"
+
+
+def test_auto_keeps_cpp_on_cpu():
+    ok, why = vk._backend.cpp_usable(torch.device("cpu"))
+    if not ok:
+        pytest.skip(why)
+    gn_op.clear_caches()
+    vk.set_backend(None)
+    vk.fused_group_norm(torch.randn(1, 8, 4, 4), 4, act="silu")
+    assert gn_op.last_selection()[0] == "cpp"
 
 
 def test_eager_candidate_matches_reference():

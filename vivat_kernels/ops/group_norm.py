@@ -198,6 +198,9 @@ def _none_to_empty(t: Tensor | None, like: Tensor) -> Tensor:
 # first call of each shape times both candidates (forward, or forward + backward when gradients
 # are wanted) and caches the faster; above it the fused kernel is taken without timing.
 AUTO_TIMED_NUMEL = 1 << 22
+# Devices where auto weighs eager ATen at all. CPU keeps the C++ kernels: mixing eager and fused
+# arithmetic per shape would make GN and an identity SCN of one model differ in the last bits.
+AUTO_EAGER_DEVICES = ("cuda",)
 _AUTO_REPS = 3
 
 
@@ -476,7 +479,7 @@ def fused_group_norm(
     grad = torch.is_grad_enabled() and (
         x.requires_grad or any(t is not None and t.requires_grad for t in (weight, bias, gamma, beta))
     )
-    if auto and backend != "torch":
+    if auto and backend != "torch" and x.device.type in AUTO_EAGER_DEVICES:
         key = _auto_key(x, num_groups, weight, bias, gamma, beta, act, grad)
         hit = _AUTO.get(key)
         if hit is None:
