@@ -1,8 +1,17 @@
 """Timing, memory and reporting helpers shared by the benchmark scripts.
 
-Every number is a median over repeated runs after warm-up. On CUDA, time is measured with CUDA
-events around each run; on CPU with ``time.perf_counter``. Ratios in a table always come from
-one process on one machine.
+Every number is a median over repeated runs after warm-up; ratios in a table always come from one
+process on one machine.
+
+* :func:`time_ms` -- one call per repetition, synchronised: wall time per call as a user sees it
+  (CUDA events on GPU, ``time.perf_counter`` on CPU). On a GPU this includes host latency and, for
+  small shapes, warm caches; use it for end-to-end numbers.
+* :func:`gpu_times` -- the honest GPU figures: ``kernel_ms`` (do_bench method: an L2 flush before
+  every repetition, repetitions queued back to back between event pairs, no host sync in
+  between), ``graph_ms`` (the call captured once in a CUDA graph and replayed: kernel time with
+  no host work at all), and ``host_ms`` (many back-to-back eager calls between one event pair
+  divided by their number: what a host-bound loop achieves).
+* :func:`gbps` -- bandwidth from a byte count; report it on both byte models of KERNELS.md.
 """
 
 from __future__ import annotations
@@ -49,6 +58,83 @@ def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, 
         if len(times) >= 10 * reps:
             break
     return statistics.median(times)
+
+
+_L2_FLUSH: dict = {}
+
+
+def flush_l2(device: torch.device) -> None:
+    """Evict the GPU's L2 by writing a buffer larger than any current L2 (256 MiB)."""
+    buf = _L2_FLUSH.get(device)
+    if buf is None:
+        buf = _L2_FLUSH[device] = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device=device)
+    buf.zero_()
+
+
+def gpu_times(fn: Callable[[], object], device: torch.device, *, reps: int = 50, warmup: int = 5,
+              back_to_back: int = 20, graph: bool = True) -> dict:
+    """Kernel, CUDA-graph and host-inclusive times of ``fn()`` in ms (see the module docstring).
+
+    On CPU only ``host_ms`` (= :func:`time_ms`) is filled. ``graph_ms`` is None when ``fn`` cannot
+    be captured (it synchronises, allocates on the host, ...); the reason goes to ``graph_error``.
+    """
+    if device.type != "cuda":
+        return {"kernel_ms": None, "graph_ms": None, "host_ms": time_ms(fn, device, warmup=warmup, reps=reps)}
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    # kernel: flush, event, call, event -- queued for every repetition, one sync at the end
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for st, en in zip(starts, ends):
+        flush_l2(device)
+        st.record()
+        fn()
+        en.record()
+    sync(device)
+    kernel = statistics.median(st.elapsed_time(en) for st, en in zip(starts, ends))
+    # host-inclusive: many eager calls back to back between one event pair
+    host = []
+    for _ in range(max(3, reps // back_to_back)):
+        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        st.record()
+        for _ in range(back_to_back):
+            fn()
+        en.record()
+        en.synchronize()
+        host.append(st.elapsed_time(en) / back_to_back)
+    out = {"kernel_ms": kernel, "graph_ms": None, "host_ms": statistics.median(host)}
+    if graph:
+        try:
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):  # warm-up on a side stream, as capture requires
+                fn()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn()
+            g.replay()
+            sync(device)
+            times = []
+            for _ in range(reps):
+                flush_l2(device)
+                st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                st.record()
+                g.replay()
+                en.record()
+                times.append((st, en))
+            sync(device)
+            out["graph_ms"] = statistics.median(st.elapsed_time(en) for st, en in times)
+        except Exception as exc:  # noqa: BLE001 - capture limits are reported, not fatal
+            out["graph_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            sync(device)
+    return out
+
+
+def gbps(nbytes: float, ms: float | None) -> float | None:
+    """GB/s for moving ``nbytes`` in ``ms`` milliseconds (None when there is no time)."""
+    return None if not ms else nbytes / (ms * 1e-3) / 1e9
 
 
 def peak_extra_mb(fn: Callable[[], object], device: torch.device) -> float | None:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import vivat_kernels as vk
 from vivat_kernels import reference
+from vivat_kernels.ops import group_norm as gn_op
 from vivat_kernels.ops.group_norm import nearest_source_index
 
 from conftest import poisoned_outputs, tol
@@ -283,6 +284,7 @@ def test_bad_input(call, exc, word):
 
 def test_forced_backend_that_cannot_run(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    gn_op.clear_caches()  # the resolution is cached per (forced backend, device, dtype)
     with vk.use_backend("triton"):
         if torch.cuda.is_available():
             pytest.skip("triton can run here")
@@ -335,3 +337,172 @@ def test_full_resolution_beta_without_act(target):
     dx, dbt = torch.autograd.grad(y, (x, bt), dy)
     torch.testing.assert_close(dbt, dy)
     assert dbt.data_ptr() != dy.data_ptr()
+
+
+# ---------------------------------------------------------------------------------------------
+# defaults, empty and degenerate inputs
+# ---------------------------------------------------------------------------------------------
+def test_default_eps_matches_torch(target):
+    """eps defaults to 1e-5 like F.group_norm / nn.GroupNorm (a near-constant group shows it)."""
+    _, device = target
+    x = torch.randn(2, 6, 5, 5, device=device) * 1e-3
+    w, b = torch.randn(6, device=device), torch.randn(6, device=device)
+    torch.testing.assert_close(vk.fused_group_norm(x, 3, w, b), F.group_norm(x, 3, w, b), rtol=1e-4, atol=1e-4)
+    from vivat_kernels.nn import FusedGroupNorm, SpatialNorm
+
+    assert FusedGroupNorm(3, 6).eps == torch.nn.GroupNorm(3, 6).eps == 1e-5
+    assert SpatialNorm(6, 2, num_groups=3).norm_layer.eps == 1e-6
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 4, 4), (1, 4, 0, 4), (2, 4, 4, 0)], ids=["C0", "H0", "W0"])
+def test_empty_channels_or_image_raise(shape):
+    with pytest.raises(ValueError, match="C, H, W >= 1"):
+        vk.fused_group_norm(torch.randn(shape), 2 if shape[1] else 1)
+
+
+def test_empty_batch_no_warning(target, recwarn):
+    _, device = target
+    x = torch.randn(0, 8, 5, 5, device=device)
+    y = vk.fused_group_norm(x, 4, torch.randn(8, device=device), act="silu")
+    assert y.shape == x.shape
+    assert not [w for w in recwarn if "var_mean" in str(w.message)]
+    mean, rstd = reference.group_stats(x, 4, 1e-5)
+    assert mean.shape == rstd.shape == (0, 4)
+
+
+def test_reference_bias_without_weight_matches_formula():
+    """The reference adds a weightless bias outside F.group_norm (whose backward fails for it on
+    torch <= 2.13); its value and gradients must equal the plain formula."""
+    x = torch.randn(2, 6, 4, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    y = reference.group_norm(x, 3, None, b, eps=1e-5)
+    xs = x.reshape(2, 3, -1)
+    want = ((xs - xs.mean(-1, keepdim=True)) / torch.sqrt(xs.var(-1, unbiased=False, keepdim=True) + 1e-5))
+    want = want.reshape(x.shape) + b.view(1, 6, 1, 1)
+    torch.testing.assert_close(y, want)
+    dy = torch.randn_like(y)
+    for got, exp in zip(torch.autograd.grad(y, (x, b), dy), torch.autograd.grad(want, (x, b), dy)):
+        torch.testing.assert_close(got, exp)
+
+
+# ---------------------------------------------------------------------------------------------
+# auto: the fused kernel or plain eager ATen, per call shape
+# ---------------------------------------------------------------------------------------------
+def test_auto_considers_eager_and_reports(monkeypatch):
+    ok, why = vk._backend.cpp_usable(torch.device("cpu"))
+    if not ok:
+        pytest.skip(why)
+    gn_op.clear_caches()
+    vk.set_backend(None)
+    monkeypatch.setattr(gn_op, "AUTO_EAGER_DEVICES", ("cuda", "cpu"))  # CPU keeps cpp by default
+    x = torch.randn(1, 8, 4, 4)
+    y = vk.fused_group_norm(x, 4, act="silu")
+    backend, why = gn_op.last_selection()
+    assert backend in ("eager", "cpp") and "auto" in why
+    assert gn_op.selected_backend(x, 4, act="silu") == (backend, why)
+    torch.testing.assert_close(y, F.silu(F.group_norm(x, 4, eps=1e-5)), rtol=1e-5, atol=1e-5)
+    # a large tensor skips the timing and takes the fused kernel
+    monkeypatch.setattr(gn_op, "AUTO_TIMED_NUMEL", 16)
+    vk.fused_group_norm(torch.randn(1, 8, 5, 5), 4)
+    assert gn_op.last_selection()[0] == "cpp" and "large tensor" in gn_op.last_selection()[1]
+    # the timed choice is made once per shape, then reused
+    calls = []
+    monkeypatch.setattr(gn_op, "_auto_choice", lambda *a: calls.append(a) or ("eager", "stub"))
+    monkeypatch.setattr(gn_op, "AUTO_TIMED_NUMEL", 1 << 22)
+    for _ in range(3):
+        vk.fused_group_norm(torch.randn(1, 8, 6, 6, requires_grad=True), 4)
+    assert len(calls) == 1 and gn_op.last_selection() == ("eager", "stub")
+    # a forced backend is used as named
+    with vk.use_backend("cpp"):
+        vk.fused_group_norm(torch.randn(1, 8, 6, 6), 4)
+        assert gn_op.last_selection()[0] == "cpp"
+
+
+def test_auto_keeps_cpp_on_cpu():
+    ok, why = vk._backend.cpp_usable(torch.device("cpu"))
+    if not ok:
+        pytest.skip(why)
+    gn_op.clear_caches()
+    vk.set_backend(None)
+    vk.fused_group_norm(torch.randn(1, 8, 4, 4), 4, act="silu")
+    assert gn_op.last_selection()[0] == "cpp"
+
+
+def test_eager_candidate_matches_reference():
+    x = torch.randn(2, 6, 7, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    gm = torch.randn(2, 6, 3, 2, dtype=torch.float64, requires_grad=True)
+    y = gn_op._eager(x, 3, None, b, gm, gm, 1e-5, "silu")
+    r = reference.group_norm(x, 3, None, b, gamma=gm, beta=gm, eps=1e-5, act="silu")
+    torch.testing.assert_close(y, r)
+    dy = torch.randn_like(y)
+    for got, exp in zip(torch.autograd.grad(y, (x, b, gm), dy), torch.autograd.grad(r, (x, b, gm), dy)):
+        torch.testing.assert_close(got, exp)
+
+
+# ---------------------------------------------------------------------------------------------
+# triton designs: per-group (one tile, looped), split; tall low-res cells split into row pieces
+# ---------------------------------------------------------------------------------------------
+DESIGNS = {
+    "group1": {"design": "group"},
+    "grouploop": {"design": "group", "group_tile_elems": 16, "tile_bytes": 1024},
+    "split": {"design": "split", "tile_bytes": 1024, "min_iters": 1},
+    "pieces": {"design": "split", "tile_bytes": 1024, "program_elems": 32, "cl_rows": 1},
+}
+
+
+@pytest.fixture
+def triton_tune(monkeypatch):
+    if vk._backend.triton_import_error() is not None or not vk._backend.triton_interpret():
+        pytest.skip("needs triton under TRITON_INTERPRET=1")
+    from vivat_kernels.triton import group_norm as tgn
+
+    def apply(overrides):
+        for k, v in overrides.items():
+            monkeypatch.setitem(tgn._TUNE, k, v)
+        tgn.clear_plans()
+
+    yield apply
+    tgn.clear_plans()
+
+
+@pytest.mark.parametrize("design", list(DESIGNS))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("shape,flags", [(SHAPES[3], FLAGS[0]), (SHAPES[2], FLAGS[3]), (SHAPES[1], FLAGS[2])],
+                         ids=["ratio-f0", "h8-f3", "full-f2"])
+def test_triton_designs(triton_tune, design, channels_last, shape, flags):
+    triton_tune(DESIGNS[design])
+    x, params, extra, g = make_inputs(shape, flags, torch.float32, "cpu", channels_last)
+    leaves = [t for t in (x, *params.values(), extra["gamma"], extra["beta"]) if t is not None]
+    for t in leaves:
+        t.requires_grad_(True)
+    with vk.use_backend("triton"), poisoned_outputs():
+        y = run(x, g, params, extra)
+        dy = torch.randn_like(y)
+        grads = torch.autograd.grad(y, leaves, dy)
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    it = iter(ref_leaves)
+    rx = next(it)
+    rp = {k: (next(it) if v is not None else None) for k, v in params.items()}
+    rg = next(it) if extra["gamma"] is not None else None
+    rb = next(it) if extra["beta"] is not None else None
+    ry = reference.group_norm(rx, g, rp["weight"], rp["bias"], gamma=rg, beta=rb, eps=1e-6, act=extra["act"])
+    torch.testing.assert_close(y.double(), ry.detach(), **tol(torch.float32))
+    for got, want in zip(grads, torch.autograd.grad(ry, ref_leaves, dy.double())):
+        scale = want.abs().max().item() + 1.0
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("design", ["group1", "grouploop", "split"])
+def test_triton_designs_large_mean_and_stats(triton_tune, design):
+    triton_tune(DESIGNS[design])
+    from vivat_kernels.triton import group_norm as tgn
+
+    x = 1000.0 + torch.randn(2, 6, 9, 7)
+    x[0, :3] = 3.25  # a constant group
+    for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+        y, mean, rstd = tgn.group_norm_fwd(xx, None, None, None, None, 2, 1e-6, False)
+        rmean, rrstd = reference.group_stats(x, 2, 1e-6)
+        torch.testing.assert_close(mean, rmean, rtol=1e-6, atol=1e-4)
+        torch.testing.assert_close(rstd, rrstd, rtol=1e-4, atol=1e-4)
+        assert torch.isfinite(y).all()

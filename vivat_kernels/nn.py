@@ -23,7 +23,7 @@ class FusedGroupNorm(nn.GroupNorm):
         self,
         num_groups: int,
         num_channels: int,
-        eps: float = 1e-6,
+        eps: float = 1e-5,
         affine: bool = True,
         act: str | None = None,
         device=None,

@@ -25,20 +25,21 @@ def group_norm(
     *,
     gamma: torch.Tensor | None = None,
     beta: torch.Tensor | None = None,
-    eps: float = 1e-6,
+    eps: float = 1e-5,
     act: str | None = None,
 ) -> torch.Tensor:
     """``act(GroupNorm(x) * up(gamma) + up(beta))`` computed in fp32 and cast back to x's dtype."""
     size = tuple(x.shape[-2:])
     dtype = x.dtype
     compute = torch.float64 if dtype == torch.float64 else torch.float32
-    y = F.group_norm(
-        x.to(compute),
-        num_groups,
-        None if weight is None else weight.to(compute),
-        None if bias is None else bias.to(compute),
-        eps,
-    )
+    # F.group_norm(weight=None, bias=b) is avoided: its backward raises "tensor does not have a
+    # device" in native_group_norm_backward on torch <= 2.13 whenever the bias gradient is wanted.
+    # Without a weight the bias is added outside, which is the same function.
+    w = None if weight is None else weight.to(compute)
+    b = None if bias is None else bias.to(compute)
+    y = F.group_norm(x.to(compute), num_groups, w, b if w is not None else None, eps)
+    if w is None and b is not None:
+        y = y + b.view(1, -1, *([1] * (x.dim() - 2)))
     g = nearest_up(gamma, size)
     b = nearest_up(beta, size)
     if g is not None:
@@ -53,7 +54,11 @@ def group_norm(
 def group_stats(x: torch.Tensor, num_groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(sample, group) mean and 1/std (biased variance), fp32 (fp64 for fp64 x)."""
     n = x.shape[0]
-    xf = x.reshape(n, num_groups, x.numel() // max(n * num_groups, 1)).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if x.numel() == 0:  # no samples (or no elements per group): empty statistics, no var_mean warning
+        empty = x.new_empty((n, num_groups), dtype=acc)
+        return empty, empty.clone()
+    xf = x.reshape(n, num_groups, x.numel() // (n * num_groups)).to(acc)
     var, mean = torch.var_mean(xf, dim=-1, unbiased=False)
     return mean, torch.rsqrt(var + eps)
 

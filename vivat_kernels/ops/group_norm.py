@@ -15,8 +15,14 @@ Backend contract (``triton`` and ``cpp`` implement the same two functions):
 * ``group_norm_bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, silu, mask)
   -> (dx, dweight, dbias, dgamma, dbeta)``: dy in x's layout; ``mask`` is five bools saying which
   gradients are wanted, unwanted ones (and those of absent inputs) are None. dx like x;
-  dweight/dbias in the accumulation dtype (float32, float64 for float64 x); dgamma/dbeta like
-  gamma/beta, at low resolution (the sum over each upsampled block).
+  dweight/dbias in the accumulation dtype (float32, float64 for float64 x) or already in the
+  parameter's dtype (triton); dgamma/dbeta like gamma/beta, at low resolution (the sum over each
+  upsampled block).
+
+Eager calls of :func:`fused_group_norm` run the backend through a lean ``autograd.Function``
+(custom-op dispatch costs more host time than the kernels at small shapes); under
+``torch.compile`` the custom ops are used, so graphs stay whole. Under the ``auto`` backend each
+call shape is also weighed against plain eager ATen (see :func:`fused_group_norm`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _backend, reference
@@ -106,32 +113,193 @@ def _torch_bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, si
     )
 
 
+_IMPLS: dict = {}
+
+
 def _impl(backend: str):
-    if backend == "triton":
-        from ..triton import group_norm as mod
+    """(fwd, bwd) of a backend; modules are imported once, on first use."""
+    hit = _IMPLS.get(backend)
+    if hit is None:
+        if backend == "triton":
+            from ..triton import group_norm as mod
 
-        return mod.group_norm_fwd, mod.group_norm_bwd
-    if backend == "cpp":
-        from .._build import load_extension
+            hit = (mod.group_norm_fwd, mod.group_norm_bwd)
+        elif backend == "cpp":
+            from .._build import load_extension
 
-        ext = load_extension()
-        return ext.group_norm_fwd, ext.group_norm_bwd
-    return _torch_fwd, _torch_bwd
+            ext = load_extension()
+            hit = (ext.group_norm_fwd, ext.group_norm_bwd)
+        else:
+            hit = (_torch_fwd, _torch_bwd)
+        _IMPLS[backend] = hit
+    return hit
 
 
-def selected_backend(x: Tensor) -> tuple[str, str]:
-    """The backend this op would use for ``x`` now, and why."""
+# Backend resolution per (forced backend, device type, dtype), computed once: the environment
+# ($VIVAT_BACKEND, TRITON_INTERPRET) and the extension build are looked at on the first call only.
+# Call clear_caches() after changing those variables.
+_RESOLVED: dict = {}
+# auto's per-shape choice between the fused kernel and plain eager ATen: key -> (backend, why)
+_AUTO: dict = {}
+_LAST: list = [("", "no call yet")]
+
+
+def clear_caches() -> None:
+    """Forget cached backend resolutions and auto's per-shape choices."""
+    _RESOLVED.clear()
+    _AUTO.clear()
+
+
+def _resolve(x: Tensor) -> tuple[str, str, bool]:
+    """(backend, why, chosen automatically) for x's device and dtype."""
+    key = (_backend._forced, x.device.type, x.dtype)
+    hit = _RESOLVED.get(key)
+    if hit is None:
+        backend, why = _backend.resolve(x.device)
+        if backend == "cpp" and x.dtype == torch.float16:
+            # The C++ kernels are written for fp32/fp64/bf16; fp16 on CPU is rare and stays eager.
+            backend, why = "torch", "cpp backend has no float16 kernel"
+        hit = _RESOLVED[key] = (backend, why, _backend.get_backend() == "auto")
+    return hit
+
+
+def selected_backend(x: Tensor, num_groups: int | None = None, weight: Tensor | None = None,
+                     bias: Tensor | None = None, *, gamma: Tensor | None = None, beta: Tensor | None = None,
+                     act: str | None = None) -> tuple[str, str]:
+    """The backend this op would use for ``x`` now, and why.
+
+    With only ``x``: the kernel family for x's device and dtype ("triton", "cpp" or "torch").
+    With the call's other arguments too: what ``auto`` picked (or would first try) for exactly
+    that call, which may be ``"eager"`` (plain ATen GroupNorm [+ SiLU]) when it measured faster.
+    """
     if x.numel() == 0:
         return "torch", "empty tensor"
-    backend, why = _backend.resolve(x.device)
-    if backend == "cpp" and x.dtype == torch.float16:
-        # The C++ kernels are written for fp32/fp64/bf16; fp16 on CPU is rare and stays eager.
-        return "torch", "cpp backend has no float16 kernel"
-    return backend, why
+    backend, why, auto = _resolve(x)
+    if num_groups is None or not auto or backend == "torch":
+        return backend, why
+    hit = _AUTO.get(_auto_key(x, num_groups, weight, bias, gamma, beta, act, torch.is_grad_enabled()))
+    return hit if hit is not None else (backend, why + "; auto has not timed this call's shape yet")
 
 
-def _none_to_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
+def last_selection() -> tuple[str, str]:
+    """(backend, why) of the most recent ``fused_group_norm`` call."""
+    return _LAST[0]
+
+
+def _none_to_empty(t: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if t is None else t
+
+
+# --------------------------------------------------------------------------------------------
+# auto: fused kernel or plain eager ATen, per call shape
+# --------------------------------------------------------------------------------------------
+# A fused kernel wins clearly on large tensors; on small ones per-call host cost decides, and
+# plain ATen (one GroupNorm kernel, one SiLU) may be faster. Below AUTO_TIMED_NUMEL elements the
+# first call of each shape times both candidates (forward, or forward + backward when gradients
+# are wanted) and caches the faster; above it the fused kernel is taken without timing.
+AUTO_TIMED_NUMEL = 1 << 22
+# Devices where auto weighs eager ATen at all. CPU keeps the C++ kernels: mixing eager and fused
+# arithmetic per shape would make GN and an identity SCN of one model differ in the last bits.
+AUTO_EAGER_DEVICES = ("cuda",)
+_AUTO_REPS = 3
+
+
+def _tsig(t):
+    return None if t is None else (tuple(t.shape), t.dtype, t.requires_grad)
+
+
+def _auto_key(x, num_groups, weight, bias, gamma, beta, act, grad):
+    return (tuple(x.shape), x.stride(), x.dtype, x.device, num_groups, _tsig(weight), _tsig(bias), _tsig(gamma),
+            _tsig(beta), act, grad and (x.requires_grad or any(t is not None and t.requires_grad
+                                                                for t in (weight, bias, gamma, beta))))
+
+
+def _eager(x, num_groups, weight, bias, gamma, beta, eps, act):
+    """Plain ATen: GroupNorm in x's dtype, then the SCN terms and SiLU (autograd as usual)."""
+    w = None if weight is None else weight.to(x.dtype)
+    b = None if bias is None else bias.to(x.dtype)
+    # bias without weight is added outside: F.group_norm(weight=None, bias=b) cannot be
+    # differentiated on torch <= 2.13 (native_group_norm_backward: "tensor does not have a device")
+    y = F.group_norm(x, num_groups, w, b if w is not None else None, eps)
+    if w is None and b is not None:
+        y = y + b.view(1, -1, 1, 1)
+    size = tuple(x.shape[-2:])
+    if gamma is not None:
+        y = y * reference.nearest_up(gamma.to(x.dtype), size)
+    if beta is not None:
+        y = y + reference.nearest_up(beta.to(x.dtype), size)
+    return F.silu(y) if act == "silu" else y
+
+
+def _time_call(fn, x: Tensor, backward: bool) -> float:
+    import time
+
+    def once():
+        y = fn()
+        if backward:
+            y.backward(torch.ones_like(y))
+
+    once()  # warm-up (kernel compile, plan build)
+    best = float("inf")
+    for _ in range(_AUTO_REPS):
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        once()
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _auto_choice(key, x, num_groups, weight, bias, gamma, beta, eps, act, fused_backend, why, grad):
+    if x.numel() >= AUTO_TIMED_NUMEL:
+        return fused_backend, f"{why}; auto: large tensor, fused kernel"
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return fused_backend, f"{why}; auto: cannot time inside CUDA graph capture"
+    leaves = [None if t is None else t.detach().requires_grad_(grad and t.requires_grad)
+              for t in (x, weight, bias, gamma, beta)]
+    args = (leaves[0], num_groups, leaves[1], leaves[2], leaves[3], leaves[4], eps, act)
+    with torch.enable_grad() if grad else torch.no_grad():
+        t_eager = _time_call(lambda: _eager(*args), x, grad)
+        t_fused = _time_call(lambda: _fused_apply(fused_backend, *args, grad), x, grad)
+    if t_eager < t_fused:
+        return "eager", f"auto: plain ATen measured faster here ({t_eager * 1e6:.0f} vs {t_fused * 1e6:.0f} us)"
+    return fused_backend, f"{why}; auto: fused measured faster ({t_fused * 1e6:.0f} vs {t_eager * 1e6:.0f} us)"
+
+
+# --------------------------------------------------------------------------------------------
+# eager calls: a lean autograd.Function (torch.compile uses the custom ops below instead)
+# --------------------------------------------------------------------------------------------
+class _FusedGroupNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, gamma, beta, num_groups, eps, act, backend):
+        fwd, bwd = _impl(backend)
+        y, mean, rstd = fwd(x, weight, bias, gamma, beta, num_groups, eps, act == "silu")
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight, bias, gamma, beta, mean, rstd)
+        ctx.cfg = (num_groups, eps, act == "silu", bwd, memory_format_of(x))
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        mask = ctx.needs_input_grad[:5]
+        if dy is None or not any(mask):
+            return None, None, None, None, None, None, None, None, None
+        x, weight, bias, gamma, beta, mean, rstd = ctx.saved_tensors
+        num_groups, eps, silu, bwd, fmt = ctx.cfg
+        if not dy.is_contiguous(memory_format=fmt):
+            dy = dy.contiguous(memory_format=fmt)
+        grads = bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, silu, list(mask))
+        outs = [None if g is None else (g if g.dtype == t.dtype else g.to(t.dtype))
+                for g, t in zip(grads, (x, weight, bias, gamma, beta))]
+        return (*outs, None, None, None, None)
+
+
+def _fused_apply(backend, x, num_groups, weight, bias, gamma, beta, eps, act, grad):
+    if grad:
+        return _FusedGroupNorm.apply(x, weight, bias, gamma, beta, num_groups, eps, act, backend)
+    return _impl(backend)[0](x, weight, bias, gamma, beta, num_groups, eps, act == "silu")[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +316,7 @@ def group_norm_fwd(
     eps: float,
     act: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    fwd, _ = _impl(selected_backend(x)[0])
+    fwd, _ = _impl(_resolve(x)[0])
     y, mean, rstd = fwd(x, weight, bias, gamma, beta, num_groups, eps, act == "silu")
     return y, mean, rstd
 
@@ -176,7 +344,7 @@ def group_norm_bwd(
     mask: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     mask = [bool(m) and t is not None for m, t in zip(mask, (x, weight, bias, gamma, beta))]
-    _, bwd = _impl(selected_backend(x)[0])
+    _, bwd = _impl(_resolve(x)[0])
     grads = bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, act == "silu", mask)
     return tuple(_none_to_empty(g, x) for g in grads)  # type: ignore[return-value]
 
@@ -201,12 +369,13 @@ def _setup_context(ctx, inputs, output):
     ctx.eps = eps
     ctx.act = act
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy, _dmean, _drstd):
     x, weight, bias, gamma, beta, mean, rstd = ctx.saved_tensors
     mask = [bool(m) for m in ctx.needs_input_grad[:5]]
-    if not any(mask):
+    if dy is None or not any(mask):
         return None, None, None, None, None, None, None, None
     dy = dy.contiguous(memory_format=memory_format_of(x))  # no copy when layouts already agree
     grads = group_norm_bwd(dy, x, weight, bias, gamma, beta, mean, rstd, ctx.num_groups, ctx.eps, ctx.act, mask)
@@ -267,7 +436,7 @@ def fused_group_norm(
     *,
     gamma: Tensor | None = None,
     beta: Tensor | None = None,
-    eps: float = 1e-6,
+    eps: float = 1e-5,
     act: str | None = None,
 ) -> Tensor:
     """``act(GroupNorm(x; num_groups, weight, bias, eps) * up(gamma) + up(beta))`` in one pass.
@@ -275,20 +444,48 @@ def fused_group_norm(
     Args:
         x: (N, C, H, W), NCHW or channels_last (the output keeps x's memory format); float32,
             float16, bfloat16, or float64. Statistics and accumulation are always fp32 (fp64 for
-            fp64 inputs).
+            fp64 inputs). C, H and W must be positive; N = 0 gives an empty result.
         num_groups: number of groups G; must divide C.
         weight, bias: optional per-channel affine (C,), dtype x.dtype or float32.
         gamma, beta: optional (N, C, h, w) with h <= H, w <= W, upsampled to (H, W) by nearest
             neighbour exactly as ``F.interpolate(mode="nearest")`` does it (never materialised).
-        eps: added to the variance, > 0.
+        eps: added to the variance, > 0; 1e-5 by default, as ``F.group_norm`` and ``nn.GroupNorm``.
         act: None or ``"silu"``.
 
     Backward gives dx, dweight, dbias and dgamma/dbeta at their own (low) resolution.
+
+    Backend: see :mod:`vivat_kernels._backend`. Under ``auto`` each call shape is also matched
+    against plain eager ATen (GroupNorm [+ SiLU]); small shapes time both once and keep the faster,
+    so ``auto`` is not slower than eager. :func:`last_selection` says what ran and why. Eager calls
+    go through a lean ``autograd.Function``; under ``torch.compile`` the registered custom ops
+    (``vivat::group_norm_fwd`` / ``_bwd``) are used, one opaque node, no graph break.
     """
     _check(x, num_groups, weight, bias, gamma, beta, eps, act)
+    n, c, h, w = x.shape
+    if c == 0 or h == 0 or w == 0:
+        raise ValueError(f"x must have C, H, W >= 1 (only the batch may be empty), got shape {tuple(x.shape)}")
+    act = act or "none"
+    eps = float(eps)
     fmt = memory_format_of(x)
     x = as_format(x, fmt)
     gamma = as_format(gamma, fmt)
     beta = as_format(beta, fmt)
-    y, _, _ = group_norm_fwd(x, weight, bias, gamma, beta, num_groups, float(eps), act or "none")
-    return y
+    if torch.compiler.is_compiling():
+        return group_norm_fwd(x, weight, bias, gamma, beta, num_groups, eps, act)[0]
+    if n == 0:
+        _LAST[0] = ("eager", "empty batch")
+        return _eager(x, num_groups, weight, bias, gamma, beta, eps, act)
+    backend, why, auto = _resolve(x)
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(t is not None and t.requires_grad for t in (weight, bias, gamma, beta))
+    )
+    if auto and backend != "torch" and x.device.type in AUTO_EAGER_DEVICES:
+        key = _auto_key(x, num_groups, weight, bias, gamma, beta, act, grad)
+        hit = _AUTO.get(key)
+        if hit is None:
+            hit = _AUTO[key] = _auto_choice(key, x, num_groups, weight, bias, gamma, beta, eps, act, backend, why, grad)
+        backend, why = hit
+    _LAST[0] = (backend, why)
+    if backend == "eager":
+        return _eager(x, num_groups, weight, bias, gamma, beta, eps, act)
+    return _fused_apply(backend, x, num_groups, weight, bias, gamma, beta, eps, act, grad)
