@@ -6,7 +6,7 @@ Two cases, each timed for every variant below:
   image, for each of ``--sizes``; the model's weights are in ``--dtype``. images/s = batch /
   median seconds. Peak memory (CUDA only) is ``torch.cuda.max_memory_allocated`` during one call
   minus what was live before it (weights, z): the decode's own activations.
-* ``train``: one training step exactly as the loop of ``vivat.train`` runs it, past ``disc_start``
+* ``train``: one call of ``vivat.train.train_step`` (the step the trainer's loop runs), past ``disc_start``
   (discriminator active) in the full stage (encoder trained): forward with the posterior sample
   drawn from ``noise_generator``, ``VAELoss.generator_loss`` (L1 + KL + adversarial term, with the
   LDM adaptive weight computed from the gradients at ``model.last_layer()``), backward, gradient
@@ -14,7 +14,7 @@ Two cases, each timed for every variant below:
   ``VAELoss.discriminator_loss`` on the detached reconstruction, backward, clipping, AdamW step
   of the discriminator. ``--train-batch`` crops of ``--train-size`` pixels; float32 weights, under
   autocast to ``--dtype`` when that is not float32 (as the trainer's ``--amp bf16``; bf16 and
-  fp32 need no GradScaler, so none runs). Optimiser settings are ``TrainConfig``'s defaults. The
+  fp32 need no GradScaler, so it is disabled). Optimiser settings are ``TrainConfig``'s defaults. The
   perceptual term is off (``perceptual_weight=0``): LPIPS weights are not loaded, so no LPIPS
   forward/backward is in the step. Peak memory (CUDA only) is the step's whole footprint: the
   variant's persistent state (weights, gradients, AdamW moments, EMA, discriminator and its
@@ -84,7 +84,7 @@ from bench.common import RESULTS, environment, markdown_table, peak_extra_mb, sy
 from vivat.config import VAEConfig, preset_names
 from vivat.losses import VAELoss
 from vivat.model import AutoencoderKL
-from vivat.train import DistEnv, TrainConfig, adamw, all_ranks_ok, ema_update, noise_generator
+from vivat.train import DistEnv, TrainConfig, adamw, train_step
 from vivat_kernels import reference, use_backend
 from vivat_kernels.nn import FusedGroupNorm, ReflectConv2d, SpatialNorm
 from vivat_kernels.ops.group_norm import selected_backend
@@ -209,48 +209,31 @@ class TrainRunner:
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         if compiled:  # as the trainer's --compile: every block but the decoder's last conv
             self.model.compile_for_training(dynamic=False)
-        self.fwd: nn.Module = self.model
         defaults = TrainConfig(data="-", out="-")
         self.grad_clip, self.ema_decay = defaults.grad_clip, defaults.ema_decay
         self.opt_vae = adamw(self.model, defaults.lr, defaults.betas, defaults.weight_decay)
         disc_lr = defaults.disc_lr or defaults.lr
         self.opt_disc = adamw(self.loss_fn.discriminator, disc_lr, defaults.betas, defaults.weight_decay)
         self.env = DistEnv(device=device)
+        # As the trainer sets it up: a no-op unless the step runs under float16 autocast.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.step = self.loss_fn.cfg.disc_start  # the discriminator is active from here on
 
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(self.x.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
-
     def __call__(self) -> Tensor:
-        x, step, model, loss_fn = self.x, self.step, self.model, self.loss_fn
         with use_backend(self.backend):
-            with self.autocast():
-                x_hat, posterior = self.fwd(x, generator=noise_generator(SEED, 0, step, x.device))
-                g_loss, _ = loss_fn.generator_loss(x, x_hat, posterior, step, last_layer=model.last_layer())
-            self.opt_vae.zero_grad(set_to_none=True)
-            g_loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.grad is not None], self.grad_clip
-            )
-            if not all_ranks_ok(torch.isfinite(g_loss.detach()) & torch.isfinite(grad_norm), self.env):
-                raise RuntimeError(f"non-finite generator loss or gradient at step {step}")
-            self.opt_vae.step()
-            ema_update(self.ema, model, step, self.ema_decay)
-            with self.autocast():
-                d_loss, _ = loss_fn.discriminator_loss(x, x_hat.detach(), step)
-            self.opt_disc.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_norm = torch.nn.utils.clip_grad_norm_(loss_fn.discriminator.parameters(), self.grad_clip)
-            if not all_ranks_ok(torch.isfinite(d_loss.detach()) & torch.isfinite(d_norm), self.env):
-                raise RuntimeError(f"non-finite discriminator loss or gradient at step {step}")
-            self.opt_disc.step()
+            result = train_step(self.model, self.loss_fn, self.ema, self.opt_vae, self.opt_disc, self.scaler, self.x,
+                                self.step, seed=SEED, amp_dtype=self.amp_dtype, grad_clip=self.grad_clip,
+                                ema_decay=self.ema_decay, env=self.env)
+        if not (result.ok and result.disc_ok):
+            raise RuntimeError(f"non-finite loss or gradient at step {self.step} (generator ok {result.ok}, "
+                               f"discriminator ok {result.disc_ok})")
+        x_hat = result.x_hat
         self.step += 1
         if self.state_bytes is None and self.alloc_before is not None:
             # The state is complete after the first step: gradients and AdamW moments exist.
-            sync(x.device)
-            self.state_bytes = torch.cuda.memory_allocated(x.device) - self.alloc_before
-        return x_hat.detach()
+            sync(self.x.device)
+            self.state_bytes = torch.cuda.memory_allocated(self.x.device) - self.alloc_before
+        return x_hat
 
     def peak_mb(self) -> float | None:
         extra = peak_extra_mb(self, self.x.device)
