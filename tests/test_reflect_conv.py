@@ -271,6 +271,19 @@ def test_autocast_cpu_bf16():
     assert xg.grad.dtype == torch.float32 and torch.isfinite(xg.grad).all()
 
 
+def test_meta_tensors_give_shapes_and_argument_errors():
+    """No autocast on the meta device: shapes come out and bad arguments are named, as on CPU."""
+    x, w = torch.empty(2, 4, 8, 7, device="meta"), torch.empty(6, 4, 3, 3, device="meta")
+    y = vk.reflect_conv2d(x, w, torch.empty(6, device="meta"), 2, (0, 1, 0, 1))
+    assert y.device.type == "meta" and y.shape == (2, 6, 4, 3)
+    with pytest.raises(ValueError, match="C_in=5"):
+        vk.reflect_conv2d(x, torch.empty(6, 5, 3, 3, device="meta"))
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        vk.reflect_conv2d(torch.empty(4, 8, 7, device="meta"), w)
+    with pytest.raises(TypeError, match="dtype"):
+        vk.reflect_conv2d(x, w.half())
+
+
 # ---------------------------------------------------------------------------------------------
 # the border position lists: exactly the outputs whose window reads padding (or are uncovered)
 # ---------------------------------------------------------------------------------------------

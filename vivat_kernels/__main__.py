@@ -8,20 +8,13 @@ import sys
 
 import torch
 
-from . import _backend, _build, __version__
+from . import __version__, _backend, _build
 
 
 def _ops() -> dict:
-    from .ops import group_norm
+    from .ops import group_norm, reflect_conv
 
-    ops = {"fused_group_norm": group_norm.selected_backend}
-    try:
-        from .ops import reflect_conv
-
-        ops["reflect_conv2d"] = reflect_conv.selected_backend
-    except (ImportError, AttributeError):
-        pass
-    return ops
+    return {"fused_group_norm": group_norm.selected_backend, "reflect_conv2d": reflect_conv.selected_backend}
 
 
 def info() -> int:

@@ -570,9 +570,6 @@ def _check(x, weight, bias, stride: int, pad4: tuple[int, int, int, int]) -> Non
         if tuple(bias.shape) != (co,):
             raise ValueError(f"bias must have shape ({co},) for weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
     check_same_device(x, weight=weight, bias=bias)
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but x is {x.dtype}; x, weight and bias must share one dtype")
     left, right, top, bottom = pad4
     for side, p, size, axis in (("left", left, w, "W"), ("right", right, w, "W"),
                                 ("top", top, h, "H"), ("bottom", bottom, h, "H")):
@@ -585,6 +582,12 @@ def _check(x, weight, bias, stride: int, pad4: tuple[int, int, int, int]) -> Non
         raise ValueError(
             f"padded input ({h + top + bottom}x{w + left + right}) is smaller than the kernel ({kh}x{kw})"
         )
+
+
+def _check_dtypes(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x is {x.dtype}; x, weight and bias must share one dtype")
 
 
 def reflect_conv2d(
@@ -610,12 +613,14 @@ def reflect_conv2d(
     """
     stride = _normalise_stride(stride)
     pad4 = _normalise_padding(padding)
-    if isinstance(x, Tensor) and x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
+    _check(x, weight, bias, stride, pad4)  # shapes, devices and kinds first: any device, meta included
+    device_type = x.device.type
+    if (x.dtype != torch.float64 and torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)):
         # As F.conv2d under autocast: every floating input in the autocast dtype.
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight, bias = (t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
-                           for t in (x, weight, bias))
-    _check(x, weight, bias, stride, pad4)
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight, bias = (t.to(dtype) if t is not None else None for t in (x, weight, bias))
+    _check_dtypes(x, weight, bias)
     x = as_format(x, memory_format_of(x))
     weight = weight if weight.is_contiguous() or weight.is_contiguous(memory_format=torch.channels_last) \
         else weight.contiguous()
