@@ -363,20 +363,28 @@ def _slab_regions(g: ConvGeometry) -> tuple[tuple[int, int, int, int, bool], ...
 def _slab(x: Tensor, g: ConvGeometry, r0: int, r1: int, c0: int, c1: int, full: bool) -> tuple[Tensor, tuple]:
     """The reflect-padded input window that outputs [r0, r1) x [c0, c1) read (only its padding,
     the rest zero, unless ``full``), and what :func:`_fold` needs to send gradients back."""
+    ridx, cidx, rows, cols, mask = _slab_index(g, r0, r1, c0, c1, full, str(x.device))
+    slab = x.index_select(2, rows).index_select(3, cols)
+    if mask is not None:
+        slab = slab * mask.to(slab.dtype)
+    return slab.contiguous(memory_format=memory_format_of(x)), (ridx, cidx, mask)
+
+
+@functools.lru_cache(maxsize=1024)
+def _slab_index(g: ConvGeometry, r0: int, r1: int, c0: int, c1: int, full: bool, device: str):
+    """Row and column indices of one slab (lists, and tensors on ``device``), and the mask of its
+    padding (None when ``full``); cached so a CUDA call copies nothing from the host."""
     left, _, top, _ = g.pad4
     s = g.stride
     rs, rn = r0 * s - top, (r1 - 1 - r0) * s + g.kh
     cs, cn = c0 * s - left, (c1 - 1 - c0) * s + g.kw
     ridx, cidx = _reflect_index(rs, rn, g.h), _reflect_index(cs, cn, g.w)
-    dev = x.device
-    slab = x.index_select(2, torch.tensor(ridx, device=dev)).index_select(3, torch.tensor(cidx, device=dev))
     mask = None
     if not full:
-        rin = torch.tensor([0 <= i < g.h for i in range(rs, rs + rn)], device=dev)
-        cin = torch.tensor([0 <= i < g.w for i in range(cs, cs + cn)], device=dev)
+        rin = torch.tensor([0 <= i < g.h for i in range(rs, rs + rn)], device=device)
+        cin = torch.tensor([0 <= i < g.w for i in range(cs, cs + cn)], device=device)
         mask = ~(rin.view(-1, 1) & cin.view(1, -1))
-        slab = slab * mask.to(slab.dtype)
-    return slab.contiguous(memory_format=memory_format_of(x)), (ridx, cidx, mask)
+    return ridx, cidx, torch.tensor(ridx, device=device), torch.tensor(cidx, device=device), mask
 
 
 def _fold(t: Tensor, dim: int, idx: list[int]) -> tuple[Tensor, int]:
