@@ -36,8 +36,8 @@ Design choice (``auto``, ``cpp`` and ``triton`` backends): a **cached first-call
 first call for a given (phase, backend, device, shapes, stride, padding, dtype, layout) times
 every design the backend has (``BACKEND_DESIGNS``; the plain ``"eager"`` path always among them,
 so ``auto`` is never slower than eager beyond the timing's noise) on the real inputs (CUDA: 1
-warm-up + 5 queued runs between events; CPU: 1 warm-up + up to 3 runs, fewer past 0.25 s; median)
-and keeps the fastest; forward and backward are decided separately. :func:`design_decisions` /
+warm-up + 5 queued runs between events, median; CPU: 1 warm-up each, then up to 3 rounds that
+alternate the designs, fewer past 0.5 s, fastest round) and keeps the fastest; forward and backward are decided separately. :func:`design_decisions` /
 :func:`design_timings` / :func:`last_design` show the cache; :func:`use_design` or
 ``$VIVAT_REFLECT_CONV_DESIGN`` force one by name (the memory-lean designs stay selectable).
 Interpreted Triton (tests on CPU) is not timed: it runs ``"border"``. The ``torch`` backend is
@@ -538,28 +538,35 @@ def clear_design_decisions() -> None:
 
 
 def _time_ms(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    """Median time of ``fn`` after one warm-up call, and the last call's result. CUDA: 5 calls
-    queued back to back between events. CPU: up to 3 calls, fewer once 0.25 s are spent (a big
-    first call must not stall for seconds)."""
-    result = fn()  # warm-up (and Triton compilation)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(5)]
-        for start, end in events:
-            start.record()
-            result = fn()
-            end.record()
-        torch.cuda.synchronize(device)
-        times = sorted(start.elapsed_time(end) for start, end in events)
-    else:
-        times, spent = [], 0.0
-        while len(times) < 3 and spent < 0.25:
-            t0 = time.perf_counter()
-            result = fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-            spent += times[-1] / 1e3
-        times.sort()
+    """CUDA: median time of 5 calls queued back to back between events after one warm-up call
+    (and Triton compilation), and the last call's result."""
+    result = fn()
+    torch.cuda.synchronize(device)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(5)]
+    for start, end in events:
+        start.record()
+        result = fn()
+        end.record()
+    torch.cuda.synchronize(device)
+    times = sorted(start.elapsed_time(end) for start, end in events)
     return times[len(times) // 2], result
+
+
+def _time_cpu_rounds(candidates: dict[str, Callable[[], object]]) -> tuple[dict[str, float], dict[str, object]]:
+    """CPU: one warm-up call each, then rounds that alternate the candidates (so a change of
+    machine load hits them alike), up to 3 rounds or until 0.5 s are spent; each candidate's
+    fastest round (the least disturbed one on a shared machine) and its last result."""
+    results = {name: fn() for name, fn in candidates.items()}
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    spent = 0.0
+    while len(times[next(iter(times))]) < 3 and spent < 0.5:
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            results[name] = fn()
+            dt = time.perf_counter() - t0
+            times[name].append(dt * 1e3)
+            spent += dt
+    return {name: min(v) for name, v in times.items()}, results
 
 
 def _decision_key(phase: str, backend: str, x: Tensor, g: ConvGeometry) -> tuple:
@@ -589,9 +596,12 @@ def _run_design(phase: str, backend: str, x: Tensor, g: ConvGeometry, candidates
         chosen = _decisions.get(key)
     if chosen is not None:
         return candidates[chosen]()
-    timings, results = {}, {}
-    for name, fn in candidates.items():
-        timings[name], results[name] = _time_ms(fn, x.device)
+    if x.device.type == "cuda":
+        timings, results = {}, {}
+        for name, fn in candidates.items():
+            timings[name], results[name] = _time_ms(fn, x.device)
+    else:
+        timings, results = _time_cpu_rounds(candidates)
     best = min(timings, key=timings.get)
     with _decisions_lock:
         _decisions[key] = best
