@@ -3,7 +3,8 @@
     from vivat.train import TrainConfig, train
     summary = train(TrainConfig(preset="vivat-tiny", data="photos/train", out="runs/tiny", steps=2000))
 
-What one step does (``step`` counts completed steps, starting at 0)::
+What one step does (``step`` counts completed steps, starting at 0; :func:`train_step` is that
+step as a function, which the loop and ``bench/bench_model.py`` call)::
 
     x            <- batch of crops; the stream is fixed by (seed, step, rank): see StepBatchSampler
     x_hat, q(z|x) = vae(x), z sampled with a generator seeded by (seed, rank, step)
