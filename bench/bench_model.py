@@ -288,6 +288,14 @@ def run_case(case: str, size: int, batch: int, make: Callable[[str, str, bool], 
         runners[name] = runner
         print(f"  {case} {size}px {name:14s} first call {first_s[name]:7.1f} s", flush=True)
     notes.append(f"{case} {batch}x{size}²: {designs_note()}")
+    if args.profile:
+        for name, runner in runners.items():
+            print(f"-- profile: {case} {batch}x{size}² {name}, one call, ops by self CPU time", flush=True)
+            with torch.profiler.profile() as prof:
+                runner()
+                sync(device)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50),
+                  flush=True)
     peaks = {name: r.peak_mb() for name, r in runners.items()}
     rounds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.rounds):
@@ -570,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit-kinds", default="train,decode", help="what --fit searches: train, decode or both")
     ap.add_argument("--fit-max-batch", type=int, default=64, help="largest training batch tried by --fit")
     ap.add_argument("--fit-max-size", type=int, default=8192, help="largest decode side tried by --fit")
+    ap.add_argument("--profile", action="store_true",
+                    help="print each variant's top ops (torch.profiler, one call) after its first call")
     ap.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=RESULTS / "local", help="folder for the JSON + markdown results")
     ap.add_argument("--tag", default="", help="added to the results' file names (model-TAG-DATE-DEVICE.md)")
