@@ -274,13 +274,6 @@ class DiagonalGaussianDistribution:
 # -------------------------------------------------------------------------------------------
 # The autoencoder
 # -------------------------------------------------------------------------------------------
-def _inner_layout(t: Tensor) -> Tensor:
-    """On CPU the model computes in channels_last: oneDNN's NHWC convolutions are much faster than
-    its NCHW ones on the wide layers, and the fused ops run NHWC without copies. Only the input
-    (image or latent) is converted; outputs are handed back contiguous (NCHW)."""
-    return t.contiguous(memory_format=torch.channels_last) if t.device.type == "cpu" else t
-
-
 class AutoencoderKL(nn.Module):
     """KL-VAE: ``encode(x) -> posterior``, ``decode(z) -> x_hat``, ``forward(x) -> (x_hat, posterior)``.
 
@@ -303,14 +296,12 @@ class AutoencoderKL(nn.Module):
             raise ValueError(
                 f"expected images (N, {self.config.in_channels}, H, W) with H, W multiples of {f}, got {tuple(x.shape)}"
             )
-        moments = self.quant_conv(self.encoder(_inner_layout(x)))
-        return DiagonalGaussianDistribution(moments.contiguous())
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
 
     def decode(self, z: Tensor) -> Tensor:
         if z.dim() != 4 or z.shape[1] != self.config.z_channels:
             raise ValueError(f"expected latents (N, {self.config.z_channels}, h, w), got {tuple(z.shape)}")
-        z = _inner_layout(z)
-        return self.decoder(self.post_quant_conv(z), z if self.config.scn else None).contiguous()
+        return self.decoder(self.post_quant_conv(z), z if self.config.scn else None)
 
     def forward(
         self, x: Tensor, sample: bool = True, generator: torch.Generator | None = None
