@@ -6,7 +6,7 @@ Two cases, each timed for every variant below:
   image, for each of ``--sizes``; the model's weights are in ``--dtype``. images/s = batch /
   median seconds. Peak memory (CUDA only) is ``torch.cuda.max_memory_allocated`` during one call
   minus what was live before it (weights, z): the decode's own activations.
-* ``train``: one training step exactly as the loop of ``vivat.train`` runs it, past ``disc_start``
+* ``train``: one call of ``vivat.train.train_step`` (the step the trainer's loop runs), past ``disc_start``
   (discriminator active) in the full stage (encoder trained): forward with the posterior sample
   drawn from ``noise_generator``, ``VAELoss.generator_loss`` (L1 + KL + adversarial term, with the
   LDM adaptive weight computed from the gradients at ``model.last_layer()``), backward, gradient
@@ -14,7 +14,7 @@ Two cases, each timed for every variant below:
   ``VAELoss.discriminator_loss`` on the detached reconstruction, backward, clipping, AdamW step
   of the discriminator. ``--train-batch`` crops of ``--train-size`` pixels; float32 weights, under
   autocast to ``--dtype`` when that is not float32 (as the trainer's ``--amp bf16``; bf16 and
-  fp32 need no GradScaler, so none runs). Optimiser settings are ``TrainConfig``'s defaults. The
+  fp32 need no GradScaler, so it is disabled). Optimiser settings are ``TrainConfig``'s defaults. The
   perceptual term is off (``perceptual_weight=0``): LPIPS weights are not loaded, so no LPIPS
   forward/backward is in the step. Peak memory (CUDA only) is the step's whole footprint: the
   variant's persistent state (weights, gradients, AdamW moments, EMA, discriminator and its
@@ -70,8 +70,10 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -84,9 +86,10 @@ from bench.common import RESULTS, environment, markdown_table, peak_extra_mb, sy
 from vivat.config import VAEConfig, preset_names
 from vivat.losses import VAELoss
 from vivat.model import AutoencoderKL
-from vivat.train import DistEnv, TrainConfig, adamw, all_ranks_ok, ema_update, noise_generator
+from vivat.train import DistEnv, TrainConfig, adamw, train_step
 from vivat_kernels import reference, use_backend
 from vivat_kernels.nn import FusedGroupNorm, ReflectConv2d, SpatialNorm
+from vivat_kernels.ops import reflect_conv as rc
 from vivat_kernels.ops.group_norm import selected_backend
 
 SEED = 0
@@ -209,48 +212,31 @@ class TrainRunner:
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         if compiled:  # as the trainer's --compile: every block but the decoder's last conv
             self.model.compile_for_training(dynamic=False)
-        self.fwd: nn.Module = self.model
         defaults = TrainConfig(data="-", out="-")
         self.grad_clip, self.ema_decay = defaults.grad_clip, defaults.ema_decay
         self.opt_vae = adamw(self.model, defaults.lr, defaults.betas, defaults.weight_decay)
         disc_lr = defaults.disc_lr or defaults.lr
         self.opt_disc = adamw(self.loss_fn.discriminator, disc_lr, defaults.betas, defaults.weight_decay)
         self.env = DistEnv(device=device)
+        # As the trainer sets it up: a no-op unless the step runs under float16 autocast.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.step = self.loss_fn.cfg.disc_start  # the discriminator is active from here on
 
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(self.x.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
-
     def __call__(self) -> Tensor:
-        x, step, model, loss_fn = self.x, self.step, self.model, self.loss_fn
         with use_backend(self.backend):
-            with self.autocast():
-                x_hat, posterior = self.fwd(x, generator=noise_generator(SEED, 0, step, x.device))
-                g_loss, _ = loss_fn.generator_loss(x, x_hat, posterior, step, last_layer=model.last_layer())
-            self.opt_vae.zero_grad(set_to_none=True)
-            g_loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.grad is not None], self.grad_clip
-            )
-            if not all_ranks_ok(torch.isfinite(g_loss.detach()) & torch.isfinite(grad_norm), self.env):
-                raise RuntimeError(f"non-finite generator loss or gradient at step {step}")
-            self.opt_vae.step()
-            ema_update(self.ema, model, step, self.ema_decay)
-            with self.autocast():
-                d_loss, _ = loss_fn.discriminator_loss(x, x_hat.detach(), step)
-            self.opt_disc.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_norm = torch.nn.utils.clip_grad_norm_(loss_fn.discriminator.parameters(), self.grad_clip)
-            if not all_ranks_ok(torch.isfinite(d_loss.detach()) & torch.isfinite(d_norm), self.env):
-                raise RuntimeError(f"non-finite discriminator loss or gradient at step {step}")
-            self.opt_disc.step()
+            result = train_step(self.model, self.loss_fn, self.ema, self.opt_vae, self.opt_disc, self.scaler, self.x,
+                                self.step, seed=SEED, amp_dtype=self.amp_dtype, grad_clip=self.grad_clip,
+                                ema_decay=self.ema_decay, env=self.env)
+        if not (result.ok and result.disc_ok):
+            raise RuntimeError(f"non-finite loss or gradient at step {self.step} (generator ok {result.ok}, "
+                               f"discriminator ok {result.disc_ok})")
+        x_hat = result.x_hat
         self.step += 1
         if self.state_bytes is None and self.alloc_before is not None:
             # The state is complete after the first step: gradients and AdamW moments exist.
-            sync(x.device)
-            self.state_bytes = torch.cuda.memory_allocated(x.device) - self.alloc_before
-        return x_hat.detach()
+            sync(self.x.device)
+            self.state_bytes = torch.cuda.memory_allocated(self.x.device) - self.alloc_before
+        return x_hat
 
     def peak_mb(self) -> float | None:
         extra = peak_extra_mb(self, self.x.device)
@@ -276,6 +262,7 @@ def run_case(case: str, size: int, batch: int, make: Callable[[str, str, bool], 
     runner); returns its rows, eager first."""
     runners: dict[str, DecodeRunner | TrainRunner] = {}
     first_s: dict[str, float] = {}
+    rc.clear_design_decisions()  # so the note below lists this case's choices
     diffs: dict[str, float | None] = {}
     reference_out: Tensor | None = None
     for name, backend, source, compiled in VARIANTS:
@@ -300,6 +287,15 @@ def run_case(case: str, size: int, batch: int, make: Callable[[str, str, bool], 
         del out
         runners[name] = runner
         print(f"  {case} {size}px {name:14s} first call {first_s[name]:7.1f} s", flush=True)
+    notes.append(f"{case} {batch}x{size}²: {designs_note()}")
+    if args.profile:
+        for name, runner in runners.items():
+            print(f"-- profile: {case} {batch}x{size}² {name}, one call, ops by self CPU time", flush=True)
+            with torch.profiler.profile() as prof:
+                runner()
+                sync(device)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50),
+                  flush=True)
     peaks = {name: r.peak_mb() for name, r in runners.items()}
     rounds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.rounds):
@@ -341,6 +337,17 @@ def run_case(case: str, size: int, batch: int, make: Callable[[str, str, bool], 
             flush=True,
         )
     return rows
+
+
+def designs_note() -> str:
+    """Which reflect-conv design ``auto`` picked in the fused variants, per distinct conv call."""
+    counts: dict[str, dict[str, int]] = {"fwd": {}, "bwd": {}}
+    for key, design in rc.design_decisions().items():
+        counts[key[0]][design] = counts[key[0]].get(design, 0) + 1
+    if not any(counts.values()):
+        return f"reflect conv design {rc.get_design()} (nothing timed: forced, or no fused conv ran)"
+    parts = [f"{phase} " + ", ".join(f"{d} x{n}" for d, n in sorted(c.items())) for phase, c in counts.items() if c]
+    return "reflect conv designs picked by auto (per distinct conv shape): " + "; ".join(parts)
 
 
 def target_text(row: dict, device: torch.device) -> str:
@@ -389,6 +396,115 @@ def train_cases(base: AutoencoderKL, args: argparse.Namespace, device: torch.dev
         return TrainRunner(base, base_loss, source == "eager", backend, compiled, x, amp_dtype)
 
     yield run_case("train", size, args.train_batch, make, fused_backend, args, device, notes)
+
+
+# -------------------------------------------------------------------------------------------
+# Memory headline: the largest training batch and decode that fit in a budget
+# -------------------------------------------------------------------------------------------
+FIT_SIZES = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+FIT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _variant(name: str) -> tuple[str, str, bool]:
+    for vname, backend, source, compiled in VARIANTS:
+        if vname == name:
+            return backend, source, compiled
+    raise ValueError(f"unknown variant {name!r}; valid: {', '.join(v[0] for v in VARIANTS)}")
+
+
+def _probe_call(kind: str, variant: str, size: int, batch: int, base: AutoencoderKL, args, device, dtype):
+    """A zero-argument callable running one decode / training step of ``variant``, built now."""
+    backend, source, compiled = _variant(variant)
+    cfg = base.config
+    if kind == "decode":
+        model = copy.deepcopy(base).to(dtype).eval()
+        model = eager_copy(model) if source == "eager" else model
+        z = torch.randn(batch, cfg.z_channels, size // cfg.downsample_factor, size // cfg.downsample_factor,
+                        device=device).to(dtype)
+        return DecodeRunner(model, backend, compiled, z)
+    x = torch.rand(batch, cfg.in_channels, size, size, device=device) * 2 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = VAELoss(cfg.loss, in_channels=cfg.in_channels).to(device)
+    return TrainRunner(base, loss, source == "eager", backend, compiled, x, None if dtype == torch.float32 else dtype)
+
+
+def _footprint_mib(kind: str, variant: str, size: int, batch: int, base, args, device, dtype) -> float | None:
+    """Peak memory of building ``variant`` and running one call: CUDA, in this process (allocator
+    peak above what was live before); CPU, in a fresh process (peak resident set size). None
+    when it runs out of memory."""
+    if device.type == "cuda":
+        runner = None
+        try:
+            sync(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            runner = _probe_call(kind, variant, size, batch, base, args, device, dtype)
+            runner()
+            sync(device)
+            return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        except torch.cuda.OutOfMemoryError:
+            return None
+        finally:
+            del runner
+            torch.cuda.empty_cache()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", f"{kind}:{variant}:{size}:{batch}",
+           "--preset", args.preset, "--dtype", args.dtype, "--device", "cpu"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PEAK_RSS_KIB "):
+            return int(line.split()[1]) / 1024
+    return None  # killed (out of memory) or failed
+
+
+def fit_rows(base: AutoencoderKL, args, device: torch.device, dtype: torch.dtype) -> tuple[list[dict], str]:
+    """Per variant, the largest training batch (at ``--train-size``) and the largest square decode
+    (batch 1) whose footprint stays within the budget; powers of two / ``FIT_SIZES`` steps."""
+    if device.type == "cuda":
+        budget = args.fit_budget_gib * 1024
+        what = f"{args.fit_budget_gib:g} GiB of CUDA memory (allocator peak, weights and optimiser state included)"
+    else:
+        budget = _footprint_mib("decode", "eager", args.fit_ref_size, 1, base, args, device, dtype)
+        if budget is None:
+            raise RuntimeError(f"the reference eager decode at {args.fit_ref_size}² failed")
+        what = (f"{budget:.0f} MiB resident, the peak RSS of the eager decode at {args.fit_ref_size}² (each trial "
+                "a fresh process; RSS includes the interpreter and torch)")
+    rows = []
+    for variant in args.fit_variants.split(","):
+        row = {"variant": variant, "budget_mib": budget}
+        for kind, steps, size_of, batch_of in (
+            ("train", [b for b in FIT_BATCHES if b <= args.fit_max_batch], lambda v: args.train_size, lambda v: v),
+            ("decode", [v for v in FIT_SIZES if v <= args.fit_max_size], lambda v: v, lambda v: 1),
+        ):
+            if kind not in args.fit_kinds.split(","):
+                continue
+            best = best_mib = None
+            for v in steps:
+                mib = _footprint_mib(kind, variant, size_of(v), batch_of(v), base, args, device, dtype)
+                print(f"  fit {kind} {variant} {batch_of(v)}x{size_of(v)}²: "
+                      + ("out of memory" if mib is None else f"{mib:.0f} MiB"), flush=True)
+                if mib is None or mib > budget:
+                    break
+                best, best_mib = v, mib
+            row[f"{kind}_max"], row[f"{kind}_mib"] = best, best_mib
+        rows.append(row)
+    return rows, what
+
+
+FIT_COLUMNS = [("variant", "variant"), ("train_max", "largest training batch"), ("train_mib", "its peak MiB"),
+               ("decode_max", "largest decode side"), ("decode_mib", "its peak MiB")]
+
+
+def probe(spec: str, args, device: torch.device, dtype: torch.dtype) -> int:
+    """``--probe KIND:VARIANT:SIZE:BATCH``: one call in this fresh process, then its peak RSS."""
+    import resource
+
+    kind, variant, size, batch = spec.split(":")
+    base = build_model(args.preset, device)
+    _probe_call(kind, variant, int(size), int(batch), base, args, device, dtype)()
+    print(f"PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", flush=True)
+    return 0
 
 
 # -------------------------------------------------------------------------------------------
@@ -443,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="decode image sides, comma list (default: cpu 256,512; cuda +1024)")
     ap.add_argument("--batch", type=int, default=1, help="decode batch (default: 1)")
     ap.add_argument("--train-size", type=int, default=256, help="training crop side (default: 256)")
-    ap.add_argument("--train-batch", type=int, default=None, help="training batch (default: cpu 2; cuda 4)")
+    ap.add_argument("--train-batch", type=int, default=None, help="training batch (default: cpu 2; cuda 8)")
     ap.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                     help="decode weights / training autocast dtype (default: cpu float32; cuda bfloat16)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
@@ -453,7 +569,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of all variants (median of rounds)")
     ap.add_argument("--only", default=",".join(CASES),
                     help="comma list of decode, train, run in that order (default: decode,train)")
+    ap.add_argument("--fit", action="store_true",
+                    help="memory headline: per variant the largest training batch and decode that fit the budget")
+    ap.add_argument("--fit-budget-gib", type=float, default=16.0, help="CUDA budget for --fit (default: 16 GiB)")
+    ap.add_argument("--fit-ref-size", type=int, default=2048,
+                    help="CPU: the budget is the peak RSS of the eager decode at this side (default: 2048)")
+    ap.add_argument("--fit-variants", default="eager,fused", help="comma list of variants for --fit")
+    ap.add_argument("--fit-kinds", default="train,decode", help="what --fit searches: train, decode or both")
+    ap.add_argument("--fit-max-batch", type=int, default=64, help="largest training batch tried by --fit")
+    ap.add_argument("--fit-max-size", type=int, default=8192, help="largest decode side tried by --fit")
+    ap.add_argument("--profile", action="store_true",
+                    help="print each variant's top ops (torch.profiler, one call) after its first call")
+    ap.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=RESULTS / "local", help="folder for the JSON + markdown results")
+    ap.add_argument("--tag", default="", help="added to the results' file names (model-TAG-DATE-DEVICE.md)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -461,10 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     args.preset = args.preset or ("vivat-f8c16" if cuda else "vivat-tiny")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
     args.sizes = [int(s) for s in (args.sizes or ("256,512,1024" if cuda else "256,512")).split(",")]
-    args.train_batch = args.train_batch or (4 if cuda else 2)
+    args.train_batch = args.train_batch or (8 if cuda else 2)
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     args.reps = args.reps or (10 if cuda else 3)
     cases = [c for c in args.only.split(",") if c]
+    if args.probe:
+        cases = []
     if set(cases) - set(CASES):
         ap.error(f"--only takes {', '.join(CASES)}, got {args.only!r}")
     factor = VAEConfig.from_preset(args.preset).downsample_factor
@@ -475,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         torch._dynamo.config.recompile_limit = 64
 
     dtype = getattr(torch, args.dtype)
+    if args.probe:
+        return probe(args.probe, args, device, dtype)
     base = build_model(args.preset, device)
     fused_backend = selected_backend(torch.empty(1, device=device, dtype=dtype))[0]
     if fused_backend == "torch":
@@ -491,11 +624,18 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict] = []
     notes: list[str] = []
+    fit: dict = {}
     markdown = ""
 
     def report() -> str:
         markdown = render(rows, notes, env, args, device, fused_backend, train_note)
+        if fit:
+            markdown += (f"\n\n## Memory headline\n\nBudget: {fit['what']}. Training at {args.train_size}² "
+                         f"(batches {', '.join(map(str, FIT_BATCHES))}), decode batch 1 (sides "
+                         f"{', '.join(map(str, FIT_SIZES))}); each the largest step that fits.\n\n"
+                         + markdown_table(fit["rows"], FIT_COLUMNS))
         payload = {
+            "fit": fit,
             "env": env,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "parameters": n_params,
@@ -505,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
             "notes": notes,
             "rows": rows,
         }
-        jpath, mpath = write_results(args.out, "model", device, payload, markdown)
+        stem = "model" + (f"-{args.tag}" if args.tag else "")
+        jpath, mpath = write_results(args.out, stem, device, payload, markdown)
         print(f"wrote {jpath} and {mpath}", flush=True)
         return markdown
 
@@ -514,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
         for case_rows in cases_of[case](base, args, device, dtype, fused_backend, notes):
             rows += case_rows
             markdown = report()
+    if args.fit:
+        fit["rows"], fit["what"] = fit_rows(base, args, device, dtype)
+        markdown = report()
     print()
     print(markdown)
     return 0

@@ -3,7 +3,7 @@
 Both models are built from a config (random weights, nothing downloaded), the second is a deep
 copy passed through ``patch`` (GroupNorm -> fused GN / GN+SiLU, no reflect padding, so the output
 is the same up to float rounding; the table shows the max difference). Each row times
-``vae.decode(z)`` of one latent for a ``--size`` x ``--size`` image under ``torch.no_grad``:
+``vae.decode(z)`` of one latent for each ``--sizes`` side (a square image) under ``torch.no_grad``:
 median over ``--reps`` runs after ``--warmup``, in ``--rounds`` that alternate the two models (the
 median of the rounds is reported, so a change of machine load hits both alike). ``--compile`` adds
 rows with both models under ``torch.compile(fullgraph=True)`` (inductor). ``speedup`` =
@@ -13,7 +13,7 @@ Configs: ``tiny`` (block_out_channels 32, 64, 128, 128; one ResNet block per lev
 default) and ``sd`` (the Stable Diffusion VAE: 128, 256, 512, 512; two blocks; the GPU default).
 
     python bench/bench_patch.py                                   # CPU, tiny, float32
-    python bench/bench_patch.py --device cuda --configs tiny,sd --dtype bfloat16 --compile
+    python bench/bench_patch.py --device cuda --configs sd --sizes 512,1024 --dtype bfloat16 --compile
 """
 
 from __future__ import annotations
@@ -69,7 +69,11 @@ def run_case(name: str, dtype: torch.dtype, device: torch.device, args) -> list[
     plain = build(name, device, dtype)
     fused = copy.deepcopy(plain)
     report = patch(fused)
-    latent = args.size // 8
+    return [row for size in args.sizes for row in run_size(name, size, plain, fused, report, dtype, device, args)]
+
+
+def run_size(name: str, size: int, plain, fused, report, dtype: torch.dtype, device: torch.device, args) -> list[dict]:
+    latent = size // 8
     z = torch.randn(args.batch, 4, latent, latent, device=device, dtype=dtype)
     modes = [("eager", lambda m: m.decode)]
     if args.compile:
@@ -90,7 +94,7 @@ def run_case(name: str, dtype: torch.dtype, device: torch.device, args) -> list[
                 "config": name,
                 "dtype": str(dtype).replace("torch.", ""),
                 "mode": mode,
-                "size": f"{args.batch}x{args.size}²",
+                "size": f"{args.batch}x{size}²",
                 "unpatched_ms": ms_plain,
                 "patched_ms": ms_fused,
                 "speedup": ms_plain / ms_fused,
@@ -101,7 +105,7 @@ def run_case(name: str, dtype: torch.dtype, device: torch.device, args) -> list[
         )
         r = rows[-1]
         print(
-            f"{name:5s} {r['dtype']:9s} {mode:8s} unpatched {ms_plain:9.2f} ms  patched {ms_fused:9.2f} ms  "
+            f"{name:5s} {r['dtype']:9s} {mode:8s} {r['size']:8s} unpatched {ms_plain:9.2f} ms  patched {ms_fused:9.2f} ms  "
             f"speedup {r['speedup']:.2f}x  max|diff| {diff:.2e}",
             flush=True,
         )
@@ -113,20 +117,24 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--configs", default=None, help="comma list of tiny, sd (default: cpu tiny; cuda tiny,sd)")
     ap.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: cpu float32; cuda bfloat16)")
-    ap.add_argument("--size", type=int, default=256, help="decoded image side in pixels (default: 256)")
+    ap.add_argument("--sizes", default="256", help="decoded image sides in pixels, comma list (default: 256)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of both models (median of rounds)")
     ap.add_argument("--out", type=Path, default=RESULTS / "local", help="folder for the JSON + markdown results")
+    ap.add_argument("--tag", default="", help="added to the results' file names (patch-TAG-DATE-DEVICE.md)")
     args = ap.parse_args(argv)
 
+    args.sizes = [int(v) for v in args.sizes.split(",")]
+    if any(v % 8 for v in args.sizes):
+        ap.error(f"--sizes must be multiples of 8, got {args.sizes}")
     try:
         import diffusers  # noqa: F401
     except ImportError:
-        print("bench_patch needs diffusers (pip install diffusers); nothing measured", file=sys.stderr)
-        return 1
+        print("bench_patch: diffusers is not installed (pip install diffusers): skipped, nothing measured")
+        return 0
     device = torch.device(args.device)
     names = (args.configs or ("tiny" if device.type == "cpu" else "tiny,sd")).split(",")
     dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
@@ -146,7 +154,8 @@ def main(argv=None) -> int:
     markdown = "\n".join(md)
     print()
     print(markdown)
-    jpath, mpath = write_results(args.out, "patch", device, {"env": env, "rows": rows}, markdown)
+    stem = "patch" + (f"-{args.tag}" if args.tag else "")
+    jpath, mpath = write_results(args.out, stem, device, {"env": env, "rows": rows}, markdown)
     print(f"\nwrote {jpath} and {mpath}")
     return 0
 

@@ -6,9 +6,11 @@ the backward runs in the timed region):
 * ``eager``: ``F.conv2d(F.pad(x, pad4, mode="reflect"), w, b, stride)`` -- what a model does.
 * ``compile``: ``torch.compile`` of the same function (inductor, default mode).
 * ``vivat:<design>``: :func:`vivat_kernels.reflect_conv2d` with the design forced. On CPU the
-  backend is ``cpp`` and the design is ``border`` (oneDNN zero-padded conv + C++ border terms);
-  on CUDA both ``border`` (cuDNN + Triton border kernels) and ``implicit_gemm`` (Triton), plus
-  ``vivat:auto``, the cached first-call timing that the op uses by default (its pick is printed).
+  backend is ``cpp``: ``slab`` (oneDNN zero-padded conv + oneDNN convs over the reflected border
+  slabs) and ``border`` (oneDNN + C++ border terms); on CUDA ``border`` (cuDNN + Triton border
+  kernels), ``implicit_gemm`` (Triton) and ``slab`` (cuDNN only). ``vivat:auto`` is what the op
+  does by default: the cached first-call timing of those designs and the plain ``eager`` path
+  (F.pad + library conv); the design it picked for forward and backward is in "auto pick".
 * ``zeropad``: ``F.conv2d(x, w, b, stride, padding=(top, left))``: the library conv without the
   reflection, the lower bound (for the asymmetric downsample its output is one row/column short
   for even sizes; it is still the cost floor).
@@ -176,7 +178,7 @@ def bench_shape(name, shape, dtype, channels_last, device, args, compiled_cache)
         fn = compiled_cache[key]
         variants["compile"] = lambda: fn(x, wt, b, s, pad4)
     backend = "triton" if device.type == "cuda" else "cpp"
-    designs = ["border", "implicit_gemm", "auto"] if device.type == "cuda" else ["border"]
+    designs = ["border", "implicit_gemm", "slab", "auto"] if device.type == "cuda" else ["slab", "border", "auto"]
     for design in designs:
         def run(design=design):
             with use_backend(backend), rc.use_design(design):
@@ -207,10 +209,10 @@ def bench_shape(name, shape, dtype, channels_last, device, args, compiled_cache)
             r[f"{phase}_x_eager"] = by["eager"][f"{phase}_ms"] / r[f"{phase}_ms"]
             r[f"{phase}_x_compile"] = by["compile"][f"{phase}_ms"] / r[f"{phase}_ms"] if "compile" in by else None
             r[f"{phase}_vs_zeropad"] = r[f"{phase}_ms"] / by["zeropad"][f"{phase}_ms"]
-    if device.type == "cuda":
-        picks = {key[0]: d for key, d in rc.design_decisions().items()
-                 if key[2:9] == (n, c, h, w, co, k, k) and key[10] == pad4 and key[11] == str(dtype)}
-        by["vivat:auto"]["auto_pick"] = f"fwd={picks.get('fwd')}, bwd={picks.get('bwd')}"
+    layout = "cl" if channels_last else "nchw"
+    picks = {key[0]: d for key, d in rc.design_decisions().items()
+             if key[1] == backend and key[3:10] == (n, c, h, w, co, k, k) and key[10:] == (s, pad4, str(dtype), layout)}
+    by["vivat:auto"]["auto_pick"] = f"fwd={picks.get('fwd')}, bwd={picks.get('bwd')}"
     return rows
 
 
@@ -305,8 +307,15 @@ def main(argv=None) -> int:
                       + markdown_table(rows, COLUMNS))
     if skipped:
         print(f"# time budget ({budget_s:.0f} s) reached; skipped: {', '.join(skipped)}")
+    autos = [r for r in rows if r["variant"] == "vivat:auto"]
+    target = ["", "Target: vivat:auto >= 1.0x eager (forward and backward) at every shape:", ""] + [
+        f"- {r['shape']} {r['dtype']} {r['layout']}: fwd {r['fwd_x_eager']:.2f}x, bwd {r['bwd_x_eager']:.2f}x "
+        f"({r['auto_pick']}) -- {'yes' if min(r['fwd_x_eager'], r['bwd_x_eager']) >= 1.0 else 'no'}"
+        for r in autos
+    ]
     markdown = (f"Reflect conv2d on {env['device']}, torch {env['torch']}"
-                + (f", CPU shapes with H, W / {div}" if div > 1 else "") + "\n\n" + markdown_table(rows, COLUMNS))
+                + (f", CPU shapes with H, W / {div}" if div > 1 else "") + "\n" + "\n".join(target) + "\n\n"
+                + markdown_table(rows, COLUMNS))
     print()
     print(markdown)
     payload = {"env": env, "rows": rows, "skipped": skipped,

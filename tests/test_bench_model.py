@@ -46,5 +46,8 @@ def test_bench_model_cpu_rows(tmp_path):
             assert r["target"].startswith("time >=1.3x eager: ") and r["target"].endswith(("yes", "no"))
         else:
             assert r["target"] is None
+    # the fused variants state which reflect-conv design auto picked (per case)
+    assert [n.split(":")[0] for n in payload["notes"]] == ["decode 1x64²", "train 1x64²"]
+    assert all("reflect conv designs picked by auto" in n for n in payload["notes"])
     markdown = mpath.read_text()
     assert "## Decode" in markdown and "## Training step" in markdown and "perceptual_weight=0" in markdown

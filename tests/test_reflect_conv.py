@@ -1,7 +1,9 @@
 """Reflect-padded conv2d against ``F.conv2d(F.pad(x, mode="reflect"))`` on every backend here.
 
-Targets: torch (reference backend), cpp ("border" design: oneDNN zero-padded conv + C++ border
-terms), and triton in both designs ("border" with Triton list kernels, "implicit_gemm") --
+Targets: torch (reference backend), cpp in its designs ("border": oneDNN zero-padded conv + C++
+border terms; "slab": the library conv plus library convs over thin reflected border slabs;
+"eager": F.pad + the library conv, the plain path ``auto`` also times), and triton
+("border" with Triton list kernels, "implicit_gemm"; on CUDA also "slab" and "eager") --
 compiled on CUDA, or interpreted on CPU tensors under TRITON_INTERPRET=1 (small shapes only).
 """
 
@@ -25,7 +27,11 @@ def impl_targets() -> list[tuple[str, str, str | None]]:
     out = []
     for backend, device in kernel_targets():
         if backend == "triton":
-            out += [(backend, device, "border"), (backend, device, "implicit_gemm")]
+            # "slab" and "eager" are library calls only: interpreted Triton adds nothing to cpp's run.
+            designs = rc.BACKEND_DESIGNS["triton"] if device == "cuda" else ("border", "implicit_gemm")
+            out += [(backend, device, d) for d in designs]
+        elif backend == "cpp":
+            out += [(backend, device, d) for d in rc.BACKEND_DESIGNS["cpp"]]
         else:
             out.append((backend, device, None))
     return out
@@ -271,6 +277,19 @@ def test_autocast_cpu_bf16():
     assert xg.grad.dtype == torch.float32 and torch.isfinite(xg.grad).all()
 
 
+def test_meta_tensors_give_shapes_and_argument_errors():
+    """No autocast on the meta device: shapes come out and bad arguments are named, as on CPU."""
+    x, w = torch.empty(2, 4, 8, 7, device="meta"), torch.empty(6, 4, 3, 3, device="meta")
+    y = vk.reflect_conv2d(x, w, torch.empty(6, device="meta"), 2, (0, 1, 0, 1))
+    assert y.device.type == "meta" and y.shape == (2, 6, 4, 3)
+    with pytest.raises(ValueError, match="C_in=5"):
+        vk.reflect_conv2d(x, torch.empty(6, 5, 3, 3, device="meta"))
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        vk.reflect_conv2d(torch.empty(4, 8, 7, device="meta"), w)
+    with pytest.raises(TypeError, match="dtype"):
+        vk.reflect_conv2d(x, w.half())
+
+
 # ---------------------------------------------------------------------------------------------
 # the border position lists: exactly the outputs whose window reads padding (or are uncovered)
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +398,33 @@ def test_bad_input(call, exc, word):
         call()
 
 
+def test_cpu_auto_times_every_design_once_and_caches_the_fastest():
+    """auto on cpp: the first call per (phase, shape) times eager, slab and border on the real
+    inputs and keeps the fastest (forward and backward apart); later calls reuse the choice."""
+    if not _backend.cpp_usable(torch.device("cpu"))[0]:
+        pytest.skip("C++ extension unavailable")
+    rc.clear_design_decisions()
+    with vk.use_backend("cpp"), rc.use_design("auto"):
+        x, w, b, s, pad = make(CASES["down_odd"], torch.float32, "cpu", False, seed=5)
+        y = vk.reflect_conv2d(x, w, b, s, pad)
+        dy = torch.randn_like(y)
+        grads = torch.autograd.grad(y, (x, w, b), dy)
+        decisions = rc.design_decisions()
+        again = torch.autograd.grad(vk.reflect_conv2d(x, w, b, s, pad), (x, w, b), dy)
+        assert rc.design_decisions() == decisions  # cached: nothing timed again
+        assert rc.last_design("fwd", x, w, s, pad) == decisions[next(k for k in decisions if k[0] == "fwd")]
+    assert sorted(k[0] for k in decisions) == ["bwd", "fwd"]
+    assert set(decisions.values()) <= set(rc.BACKEND_DESIGNS["cpp"])
+    for timings in rc.design_timings().values():
+        assert set(timings) == set(rc.BACKEND_DESIGNS["cpp"]) and all(t > 0 for t in timings.values())
+    _, rgrads = reference_grads(x, w, b, s, pad, dy)
+    for got, want, rep, what in zip(grads, rgrads, again, ("dx", "dw", "db")):
+        assert_close(got, want, torch.float32, what)
+        assert torch.equal(got, rep), f"{what} is not bitwise reproducible"
+    with vk.use_backend("cpp"), rc.use_design("implicit_gemm"), pytest.raises(RuntimeError, match="cannot run"):
+        vk.reflect_conv2d(x, w, b, s, pad)
+
+
 def test_design_env(monkeypatch):
     monkeypatch.setenv("VIVAT_REFLECT_CONV_DESIGN", "implicit_gemm")
     assert rc.get_design() == "implicit_gemm"
@@ -403,7 +449,7 @@ GPU_CASES = {
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("design", ["border", "implicit_gemm"])
+@pytest.mark.parametrize("design", ["border", "implicit_gemm", "slab", "eager"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("name", list(GPU_CASES))
 def test_gpu_vae_shapes_bf16(name, channels_last, design):
@@ -433,4 +479,4 @@ def test_gpu_auto_design_is_timed_and_cached():
         torch.autograd.grad(y, (x, w, b), torch.randn_like(y))
     phases = sorted(k[0] for k in rc.design_decisions())
     assert phases == ["bwd", "fwd"]
-    assert set(rc.design_decisions().values()) <= {"border", "implicit_gemm"}
+    assert set(rc.design_decisions().values()) <= set(rc.BACKEND_DESIGNS["triton"])

@@ -19,7 +19,7 @@ from vivat import checkpoint as C
 from vivat.config import VAEConfig
 from vivat.data import ImageFolderDataset
 from vivat.model import AutoencoderKL
-from vivat.train import StepBatchSampler, TrainConfig, train
+from vivat.train import StepBatchSampler, TrainConfig, train, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared/data/photos"
@@ -186,6 +186,49 @@ def test_resume_continues_exactly(images, tmp_path, monkeypatch):
     a = load_file(str(tmp_path / "ref" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_step_is_one_step_of_the_loop(images, tmp_path):
+    """One train_step call, set up as ``vivat train`` sets up, updates the VAE, its EMA and the
+    discriminator to exactly the weights the trainer saves after its first step."""
+    import copy
+    import warnings
+
+    from vivat.losses import VAELoss
+    from vivat.train import adamw, resolve_model
+
+    cfg = tiny_config(images, tmp_path / "run", steps=1, disc_start=0, ckpt_every=1, val_images=0)
+    train(cfg)
+    saved = C.load_checkpoint(C.latest_checkpoint(tmp_path / "run" / "checkpoints"), map_location="cpu")
+    assert saved["step"] == 1
+
+    torch.manual_seed(cfg.seed)
+    model, _ = resolve_model(cfg, None)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no LPIPS weights on disk: the trainer drops the term too
+        loss_fn = VAELoss(model.config.loss, in_channels=model.config.in_channels)
+    opt_vae = adamw(model, cfg.lr, cfg.betas, cfg.weight_decay)
+    opt_disc = adamw(loss_fn.discriminator, cfg.lr, cfg.betas, cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    data = ImageFolderDataset(cfg.data, cfg.size, train=True, small=cfg.small, seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=StepBatchSampler(len(data), cfg.batch_size, cfg.seed, 0, 1))
+    model.train()
+    loss_fn.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    result = train_step(model, loss_fn, ema, opt_vae, opt_disc, scaler, next(iter(loader)), 0, seed=cfg.seed,
+                        grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay)
+
+    assert result.ok and result.disc_ok
+    assert {"loss", "l1", "kl", "grad_norm", "d_loss"} <= result.logs.keys()
+    after = model.state_dict()
+    assert sum(not torch.equal(before[k], after[k]) for k in before) > len(before) // 2  # the step moved weights
+    for name, module in (("model", model), ("ema", ema), ("discriminator", loss_fn.discriminator)):
+        state = module.state_dict()
+        assert state.keys() == saved[name].keys()
+        different = [k for k in state if not torch.equal(state[k], saved[name][k])]
+        assert not different, f"{name}: {different[:5]}"
 
 
 def test_resume_errors_name_the_problem(images, tmp_path):

@@ -3,7 +3,8 @@
     from vivat.train import TrainConfig, train
     summary = train(TrainConfig(preset="vivat-tiny", data="photos/train", out="runs/tiny", steps=2000))
 
-What one step does (``step`` counts completed steps, starting at 0)::
+What one step does (``step`` counts completed steps, starting at 0; :func:`train_step` is that
+step as a function, which the loop and ``bench/bench_model.py`` call)::
 
     x            <- batch of crops; the stream is fixed by (seed, step, rank): see StepBatchSampler
     x_hat, q(z|x) = vae(x), z sampled with a generator seeded by (seed, rank, step)
@@ -70,7 +71,15 @@ from .losses import VAELoss
 from .metrics import psnr, quantize, ssim
 from .model import AutoencoderKL, check_state_dict
 
-__all__ = ["CheckpointError", "RunExistsError", "StepBatchSampler", "TrainConfig", "train"]
+__all__ = [
+    "CheckpointError",
+    "RunExistsError",
+    "StepBatchSampler",
+    "StepResult",
+    "TrainConfig",
+    "train",
+    "train_step",
+]
 
 
 class RunExistsError(OutputError, FileExistsError):
@@ -283,6 +292,87 @@ def ema_update(ema: nn.Module, model: nn.Module, step: int, max_decay: float) ->
         e.copy_(b)
 
 
+@dataclass
+class StepResult:
+    """What one :func:`train_step` did. ``logs`` are detached device tensors (loss terms, and
+    ``grad_norm``; the discriminator's too when it ran); ``ok`` False: a non-finite generator loss
+    or gradient norm, nothing was updated; ``disc_ok`` None when the discriminator did not train."""
+
+    ok: bool
+    disc_ok: bool | None
+    grad_norm: Tensor
+    logs: dict[str, Tensor]
+    x_hat: Tensor
+
+
+def train_step(
+    model: AutoencoderKL,
+    loss_fn: VAELoss,
+    ema: AutoencoderKL,
+    opt_vae: torch.optim.Optimizer,
+    opt_disc: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: Tensor,
+    step: int,
+    *,
+    seed: int = 0,
+    amp_dtype: torch.dtype | None = None,
+    grad_clip: float = 1.0,
+    ema_decay: float = 0.999,
+    env: DistEnv | None = None,
+    fwd_model: nn.Module | None = None,
+) -> StepResult:
+    """One optimisation step of the VAE and (from ``loss.disc_start`` on) the discriminator.
+
+    ``x`` is this process' batch on the model's device, in [-1, 1]; ``step`` the number of
+    completed steps (it seeds the posterior noise with ``(seed, env.rank, step)`` and decides the
+    discriminator's phase and the EMA decay). Under autocast to ``amp_dtype`` (None: float32):
+    forward, ``generator_loss`` (with the adaptive weight at ``model.last_layer()``), scaled
+    backward, gradient clipping to ``grad_clip``, the finite check over all processes, the AdamW
+    step and the EMA update; then the discriminator's loss on the detached reconstruction, its
+    backward, gradients averaged over processes, clipping and step; ``scaler.update()`` last.
+    ``fwd_model`` is what runs the forward (the DDP wrapper; default ``model``). The learning
+    rates are whatever the optimisers' ``param_groups`` hold: a schedule sets them before the call.
+    """
+    env = env if env is not None else DistEnv(device=x.device)
+    fwd_model = model if fwd_model is None else fwd_model
+    device_type = x.device.type
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    with autocast():
+        x_hat, posterior = fwd_model(x, generator=noise_generator(seed, env.rank, step, x.device))
+        g_loss, logs = loss_fn.generator_loss(x, x_hat, posterior, step, last_layer=model.last_layer())
+    opt_vae.zero_grad(set_to_none=True)
+    scaler.scale(g_loss).backward()
+    scaler.unscale_(opt_vae)
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], grad_clip)
+    ok = all_ranks_ok(torch.isfinite(g_loss.detach()) & torch.isfinite(grad_norm), env)
+    if ok:
+        scaler.step(opt_vae)
+        ema_update(ema, model, step, ema_decay)
+        logs["grad_norm"] = grad_norm.detach()
+    else:
+        opt_vae.zero_grad(set_to_none=True)
+
+    disc_ok = None
+    if ok and loss_fn.disc_active(step):
+        with autocast():
+            d_loss, d_logs = loss_fn.discriminator_loss(x, x_hat.detach(), step)
+        opt_disc.zero_grad(set_to_none=True)
+        scaler.scale(d_loss).backward()
+        average_gradients(loss_fn.discriminator, env)
+        scaler.unscale_(opt_disc)
+        d_norm = torch.nn.utils.clip_grad_norm_(loss_fn.discriminator.parameters(), grad_clip)
+        disc_ok = all_ranks_ok(torch.isfinite(d_loss.detach()) & torch.isfinite(d_norm), env)
+        if disc_ok:
+            scaler.step(opt_disc)
+        logs.update(d_logs)
+    scaler.update()
+    return StepResult(ok, disc_ok, grad_norm.detach(), logs, x_hat.detach())
+
+
 @torch.no_grad()
 def validate(model: AutoencoderKL, images: Tensor, device: torch.device) -> tuple[dict[str, float], Tensor, Tensor]:
     """Posterior-mode reconstructions of ``images`` (in [-1, 1]); L1 and PSNR / SSIM on [0, 1]."""
@@ -329,6 +419,44 @@ class RunLog:
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class LogWindow:
+    """Sums of the step logs between two log records, kept on the device (one sync per record)."""
+
+    def __init__(self):
+        self.sums: dict[str, Tensor] = {}
+        self.ok, self.steps, self.t0 = 0, 0, time.time()
+
+    def add(self, result: StepResult) -> None:
+        self.steps += 1
+        if result.ok:
+            self.ok += 1
+            for k, v in result.logs.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+
+    def flush(self, step: int, global_batch: int, skipped: int, skipped_disc: int, decoder_only: bool,
+              lr: float, time_s: float) -> dict[str, Any]:
+        """The ``train`` record of this window (means over its finite steps; ``images``: how many
+        the window saw, for the caller to pop), and a fresh window."""
+        dt = time.time() - self.t0
+        images = self.steps * global_batch
+        record = {
+            "kind": "train",
+            "step": step,
+            **{k: float(v) / self.ok for k, v in self.sums.items()},
+            "skipped": skipped,
+            "skipped_disc": skipped_disc,
+            "stage": "decoder-only" if decoder_only else "full",
+            "lr": lr,
+            "images_per_s": images / max(dt, 1e-9),
+            "time_s": time_s,
+            "images": images,
+        }
+        if self.ok == 0:
+            record["loss"] = None
+        self.__init__()
+        return record
 
 
 def resolve_model(cfg: TrainConfig, resume_state: dict | None) -> tuple[AutoencoderKL, str]:
@@ -581,14 +709,26 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         env.barrier()
         return path
 
+    def show_progress(record: dict[str, Any]) -> None:
+        loss_txt = _fmt(record.get("loss"))
+        if not bar.disable:
+            bar.set_postfix_str(
+                f"loss {loss_txt} l1 {_fmt(record.get('l1'))} {record['images_per_s']:.1f} img/s skipped {skipped}"
+            )
+        else:
+            say(
+                f"step {step}/{cfg.steps} | loss {loss_txt} l1 {_fmt(record.get('l1'))} "
+                f"kl {_fmt(record.get('kl'), '.3g')} d {_fmt(record.get('d_loss'))} | "
+                f"{record['images_per_s']:.1f} img/s | skipped {skipped}"
+            )
+
     # ---- the loop ---------------------------------------------------------------------------
     show_bar = master and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not show_bar, dynamic_ncols=True)
     last_val = run_validation() if step == 0 else None
     last_ckpt = resume_path
     last_train: dict[str, Any] | None = None
-    window: dict[str, Tensor] = {}  # sums of this log window's values, kept on the device
-    window_ok, window_steps, window_t0 = 0, 0, time.time()
+    window = LogWindow()
     run_images, run_t0 = 0, time.time()
     model.train()
     loss_fn.train()
@@ -602,78 +742,23 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             log.write({"kind": "stage", "step": step, "stage": "decoder-only"})
             say(f"step {step}: encoder frozen, decoder-only stage")
 
-        x = batch.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            x_hat, posterior = fwd_model(x, generator=noise_generator(cfg.seed, env.rank, step, device))
-            g_loss, logs = loss_fn.generator_loss(x, x_hat, posterior, step, last_layer=model.last_layer())
-        opt_vae.zero_grad(set_to_none=True)
-        scaler.scale(g_loss).backward()
-        scaler.unscale_(opt_vae)
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
-        ok = all_ranks_ok(torch.isfinite(g_loss.detach()) & torch.isfinite(grad_norm), env)
-        if ok:
-            scaler.step(opt_vae)
-            ema_update(ema, model, step, cfg.ema_decay)
-        else:
-            skipped += 1
-            opt_vae.zero_grad(set_to_none=True)
-
-        if ok and loss_fn.disc_active(step):
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                d_loss, d_logs = loss_fn.discriminator_loss(x, x_hat.detach(), step)
-            opt_disc.zero_grad(set_to_none=True)
-            scaler.scale(d_loss).backward()
-            average_gradients(disc, env)
-            scaler.unscale_(opt_disc)
-            d_norm = torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
-            if all_ranks_ok(torch.isfinite(d_loss.detach()) & torch.isfinite(d_norm), env):
-                scaler.step(opt_disc)
-            else:
-                skipped_disc += 1
-            logs.update(d_logs)
-        scaler.update()
+        result = train_step(
+            model, loss_fn, ema, opt_vae, opt_disc, scaler, batch.to(device, non_blocking=True), step,
+            seed=cfg.seed, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, env=env,
+            fwd_model=fwd_model,
+        )
+        skipped += not result.ok
+        skipped_disc += result.disc_ok is False
         step += 1
         bar.update(1)
 
-        # ---- logging (losses are this process' values) --------------------------------------
-        window_steps += 1
-        if ok:
-            window_ok += 1
-            logs["grad_norm"] = grad_norm
-            for k, v in logs.items():
-                window[k] = window.get(k, 0.0) + v.detach().float()
+        window.add(result)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            dt = time.time() - window_t0
-            images = window_steps * cfg.batch_size * env.world_size
-            run_images += images
-            last_train = {
-                "kind": "train",
-                "step": step,
-                **{k: float(v) / window_ok for k, v in window.items()},
-                "skipped": skipped,
-                "skipped_disc": skipped_disc,
-                "stage": "decoder-only" if decoder_only else "full",
-                "lr": cfg.lr,
-                "images_per_s": images / max(dt, 1e-9),
-                "time_s": time.time() - t_start,
-            }
-            if window_ok == 0:
-                last_train["loss"] = None
+            last_train = window.flush(step, cfg.batch_size * env.world_size, skipped, skipped_disc, decoder_only,
+                                      opt_vae.param_groups[0]["lr"], time.time() - t_start)
+            run_images += last_train.pop("images")
             log.write(last_train)
-            loss_txt = _fmt(last_train.get("loss"))
-            if not bar.disable:
-                bar.set_postfix_str(
-                    f"loss {loss_txt} l1 {_fmt(last_train.get('l1'))} "
-                    f"{last_train['images_per_s']:.1f} img/s skipped {skipped}"
-                )
-            else:
-                say(
-                    f"step {step}/{cfg.steps} | loss {loss_txt} l1 {_fmt(last_train.get('l1'))} "
-                    f"kl {_fmt(last_train.get('kl'), '.3g')} d {_fmt(last_train.get('d_loss'))} | "
-                    f"{last_train['images_per_s']:.1f} img/s | skipped {skipped}"
-                )
-            window, window_ok, window_steps, window_t0 = {}, 0, 0, time.time()
-
+            show_progress(last_train)
         if master and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
             last_val = run_validation()
         if step % cfg.ckpt_every == 0 or step == cfg.steps:

@@ -9,20 +9,13 @@ import warnings
 
 import torch
 
-from . import _backend, _build, __version__
+from . import __version__, _backend, _build
 
 
 def _ops() -> dict:
-    from .ops import group_norm
+    from .ops import group_norm, reflect_conv
 
-    ops = {"fused_group_norm": group_norm.selected_backend}
-    try:
-        from .ops import reflect_conv
-
-        ops["reflect_conv2d"] = reflect_conv.selected_backend
-    except (ImportError, AttributeError):
-        pass
-    return ops
+    return {"fused_group_norm": group_norm.selected_backend, "reflect_conv2d": reflect_conv.selected_backend}
 
 
 def info() -> int:
@@ -56,6 +49,16 @@ def info() -> int:
             except RuntimeError as exc:
                 backend, why = "error", str(exc)
             print(f"  {name:18s} {dev.type:5s} -> {backend:7s} ({why})")
+    from .ops import reflect_conv
+
+    design = reflect_conv.get_design()
+    print(f"reflect_conv2d design: {design} (use_design / $VIVAT_REFLECT_CONV_DESIGN)")
+    for backend, designs in reflect_conv.BACKEND_DESIGNS.items():
+        how = (f"auto = the fastest of {', '.join(designs)}, timed on the first call of each shape and cached"
+               if design == "auto" else f"{design} forced" + ("" if design in designs else " (cannot run here)"))
+        print(f"  {backend:7s} {how}")
+    for key, chosen in reflect_conv.design_decisions().items():
+        print(f"  chosen: {chosen:13s} {key}")
     return 0
 
 
