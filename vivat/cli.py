@@ -94,6 +94,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--disc-lr", type=float, metavar="LR", default=None, help="learning rate of the discriminator (default: --lr)"
     )
     g.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default=d["lr_schedule"],
+        help="learning-rate schedule of both optimisers after the warm-up (cosine decays to --lr-floor)",
+    )
+    g.add_argument(
+        "--warmup-steps", type=int, default=d["warmup_steps"], metavar="N", help="linear learning-rate warm-up steps"
+    )
+    g.add_argument(
+        "--lr-floor",
+        type=float,
+        default=d["lr_floor"],
+        metavar="FRAC",
+        help="final learning rate of the cosine schedule, as a fraction of --lr",
+    )
+    g.add_argument(
         "--weight-decay",
         type=float,
         metavar="WD",
