@@ -34,6 +34,12 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+NO_DOWNLOAD_HELP = (
+    "never download LPIPS weights (default: fetch a missing ImageNet trunk once into torch.hub's cache, "
+    "hash-checked); the same as VIVAT_NO_DOWNLOAD=1"
+)
+
+
 def _train_defaults() -> dict:
     from .train import TrainConfig
 
@@ -179,6 +185,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--device", default=d["device"], metavar="DEV", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--compile", action="store_true", help="torch.compile the VAE")
+    g.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
     g.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.set_defaults(func=cmd_train, parser=p)
 
@@ -209,6 +216,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--max-side", type=int, default=None, metavar="PX", help="first center-crop large images to at most PX per side"
     )
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_eval, parser=p)
 
@@ -264,6 +272,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, default=None, metavar="N", help="override the number of training steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the run")
+    p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
     p.set_defaults(func=cmd_demo, parser=p)
 
 
@@ -401,6 +410,8 @@ def cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "no_download", False):
+        os.environ["VIVAT_NO_DOWNLOAD"] = "1"  # read by vivat.metrics, inherited by worker processes
     from .checkpoint import CheckpointError
 
     try:
