@@ -158,3 +158,18 @@ def test_val_every_zero_never_validates(images, tmp_path):
     summary = train(config(images, tmp_path / "val", steps=2, ckpt_every=2, val_every=2))
     assert [r["step"] for r in records(tmp_path / "val", "val")] == [0, 2]
     assert summary["val"]["step"] == 2
+
+
+def test_cli_flags_reach_the_train_config(tmp_path):
+    from vivat.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--preset", "vivat-tiny", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--lr-schedule",
+         "cosine", "--warmup-steps", "7", "--lr-floor", "0.1"]
+    )
+    assert (args.lr_schedule, args.warmup_steps, args.lr_floor) == ("cosine", 7, 0.1)
+    defaults = build_parser().parse_args(["train", "--preset", "vivat-tiny", "--data", "d", "--out", "o"])
+    assert (defaults.lr_schedule, defaults.warmup_steps) == ("constant", 0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--preset", "vivat-tiny", "--data", "d", "--out", "o", "--lr-schedule",
+                                   "linear"])
