@@ -127,7 +127,8 @@ def _last_step(out: Path) -> int:
         return 0
     for line in reversed(lines):
         try:
-            return int(json.loads(line).get("step", 0))
+            record = json.loads(line)
+            return int(record.get("step", record.get("steps", 0)))  # the "end" record counts "steps"
         except (json.JSONDecodeError, ValueError):
             continue
     return 0
