@@ -51,8 +51,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the interaction of the fixes at the corners: which fix undoes reflect padding's border gain?
     "reflect-only-disc": (
         "ldm-tiny + reflect padding only, cosine 2e-3, disc from 60%",
-        {"preset": "ldm-tiny", "changes": {"padding_mode": "reflect"}, "lr": 2e-3, "lr_schedule": "cosine",
-         "warmup_steps": 30, "disc_start": 240},
+        {
+            "preset": "ldm-tiny",
+            "changes": {"padding_mode": "reflect"},
+            "lr": 2e-3,
+            "lr_schedule": "cosine",
+            "warmup_steps": 30,
+            "disc_start": 240,
+        },
     ),
     "no-scn-disc": (
         "vivat-tiny without SCN (plain GroupNorm decoder), cosine 2e-3, disc from 60%",
@@ -184,20 +190,36 @@ def main(argv: list[str] | None = None) -> int:
             if done.is_file():
                 results.append(json.loads(done.read_text()))
                 continue
-            jobs.append({"name": name, "seed": seed, "work": str(work), "data": args.data, "val": args.val,
-                         "eval_side": args.eval_side})
+            jobs.append(
+                {
+                    "name": name,
+                    "seed": seed,
+                    "work": str(work),
+                    "data": args.data,
+                    "val": args.val,
+                    "eval_side": args.eval_side,
+                }
+            )
     with cf.ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn")) as pool:
         for fut in cf.as_completed([pool.submit(run_one, j) for j in jobs]):
             r = fut.result()
             results.append(r)
-            print(f"{r['variant']} seed {r['seed']}: PSNR {r['mean']['psnr']:.2f} dB, {r['s_per_step']:.2f} s/step",
-                  flush=True)
+            print(
+                f"{r['variant']} seed {r['seed']}: PSNR {r['mean']['psnr']:.2f} dB, {r['s_per_step']:.2f} s/step",
+                flush=True,
+            )
     text, rows = table(results)
     print(text)
     if args.out:
         out = Path(args.out)
-        meta = {"machine": platform.machine(), "threads_per_run": 1, "parallel": args.parallel,
-                "data": args.data, "val": args.val, "eval_side": args.eval_side}
+        meta = {
+            "machine": platform.machine(),
+            "threads_per_run": 1,
+            "parallel": args.parallel,
+            "data": args.data,
+            "val": args.val,
+            "eval_side": args.eval_side,
+        }
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": results}, indent=2) + "\n")
         out.with_suffix(".md").write_text(text + "\n")
     return 0

@@ -33,8 +33,12 @@ def test_edge_crops_cut_corners_and_borders_and_measure_each_model():
     baseline = x.clone()
     baseline[:, :16, :16] += 0.2  # the baseline is wrong in its top-left corner only
     crops = edge_crops("photo", x, model, baseline.clamp(0, 1), side=32)
-    assert [c.where for c in crops][:4] == ["top-left corner", "top-right corner", "bottom-left corner",
-                                            "bottom-right corner"]
+    assert [c.where for c in crops][:4] == [
+        "top-left corner",
+        "top-right corner",
+        "bottom-left corner",
+        "bottom-right corner",
+    ]
     assert len(crops) == 8 and all(c.original.shape == (3, 32, 32) for c in crops)
     worst = max(crops, key=lambda c: c.baseline_error - c.model_error)
     assert worst.where == "top-left corner" and worst.model_error == 0.0 and worst.baseline_error > 0.03
@@ -63,8 +67,12 @@ def test_verdicts_compare_the_difference_with_the_noise():
     assert verdict(0.12, 0.10, None) == "no noise estimate"
     assert verdict(None, 0.10, 0.05) == "n/a"
     rows = [("psnr", "PSNR", True), ("grid", "grid", False), ("lpips", "LPIPS", False)]
-    lines = comparison_table(rows, {"psnr": 23.0, "grid": 0.05, "lpips": None}, {"psnr": 22.0, "grid": 0.06,
-                             "lpips": None}, {"psnr": 0.3, "grid": 0.02})
+    lines = comparison_table(
+        rows,
+        {"psnr": 23.0, "grid": 0.05, "lpips": None},
+        {"psnr": 22.0, "grid": 0.06, "lpips": None},
+        {"psnr": 0.3, "grid": 0.02},
+    )
     assert "higher (better) beyond the noise" in lines[2]  # PSNR: higher is better
     assert "within run-to-run noise" in lines[3]
     assert lines[4].endswith("n/a |")

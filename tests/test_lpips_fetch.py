@@ -69,7 +69,10 @@ def test_missing_trunk_is_fetched_into_the_hub_cache_and_used(online, monkeypatc
     assert not list(cached.parent.glob("*.partial"))
     model = M.load_lpips("alex", require=True)  # read from the cache, nothing fetched again
     assert fetched == [src.as_uri()] and model.vivat_trunk_file == str(cached)
-    assert torch.equal(model.net.slice1.state_dict()["0.weight"], torch.load(src, map_location="cpu", weights_only=True)["features.0.weight"])
+    assert torch.equal(
+        model.net.slice1.state_dict()["0.weight"],
+        torch.load(src, map_location="cpu", weights_only=True)["features.0.weight"],
+    )
 
 
 def test_hash_mismatch_is_refused_and_leaves_nothing(online, monkeypatch):

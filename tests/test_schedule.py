@@ -131,7 +131,9 @@ def test_resume_follows_the_same_schedule_bit_for_bit(images, tmp_path, monkeypa
     assert ckpt["train_config"]["lr_schedule"] == "cosine" and ckpt["train_config"]["warmup_steps"] == 2
 
     train(config(images, tmp_path / "run", resume=True))
-    assert [r["lr"] for r in records(tmp_path / "run", "train")] == [r["lr"] for r in records(tmp_path / "ref", "train")]
+    assert [r["lr"] for r in records(tmp_path / "run", "train")] == [
+        r["lr"] for r in records(tmp_path / "ref", "train")
+    ]
     keys = ("step", "loss", "l1", "d_loss", "grad_norm")
     assert [{k: r.get(k) for k in keys} for r in records(tmp_path / "run", "train")] == [
         {k: r.get(k) for k in keys} for r in records(tmp_path / "ref", "train")
@@ -164,12 +166,26 @@ def test_cli_flags_reach_the_train_config(tmp_path):
     from vivat.cli import build_parser
 
     args = build_parser().parse_args(
-        ["train", "--preset", "vivat-tiny", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--lr-schedule",
-         "cosine", "--warmup-steps", "7", "--lr-floor", "0.1"]
+        [
+            "train",
+            "--preset",
+            "vivat-tiny",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--lr-schedule",
+            "cosine",
+            "--warmup-steps",
+            "7",
+            "--lr-floor",
+            "0.1",
+        ]
     )
     assert (args.lr_schedule, args.warmup_steps, args.lr_floor) == ("cosine", 7, 0.1)
     defaults = build_parser().parse_args(["train", "--preset", "vivat-tiny", "--data", "d", "--out", "o"])
     assert (defaults.lr_schedule, defaults.warmup_steps) == ("constant", 0)
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--preset", "vivat-tiny", "--data", "d", "--out", "o", "--lr-schedule",
-                                   "linear"])
+        build_parser().parse_args(
+            ["train", "--preset", "vivat-tiny", "--data", "d", "--out", "o", "--lr-schedule", "linear"]
+        )

@@ -66,9 +66,7 @@ def edge_crops(name: str, x: Tensor, model: Tensor, baseline: Tensor, side: int 
         sl = (slice(None), slice(top, top + side), slice(left, left + side))
         xo, ym, yb = x[sl], model[sl], baseline[sl]
         out.append(
-            EdgeCrop(
-                name, where, top, left, xo, ym, yb, float((ym - xo).abs().mean()), float((yb - xo).abs().mean())
-            )
+            EdgeCrop(name, where, top, left, xo, ym, yb, float((ym - xo).abs().mean()), float((yb - xo).abs().mean()))
         )
     return out
 
