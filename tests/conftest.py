@@ -15,6 +15,8 @@ from vivat_kernels import _backend
 # Tests use tiny tensors: one intra-op thread avoids OpenMP spin-waits fighting over the cores
 # (the kernels' parallel paths are exercised by the benchmarks, which use every core).
 torch.set_num_threads(1)
+# The suite never downloads weights (LPIPS trunks): tests that exercise fetching mock it.
+os.environ.setdefault("VIVAT_NO_DOWNLOAD", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = REPO.parent / "shared" / "data" / "photos"

@@ -174,6 +174,11 @@ def test_demo_quick_end_to_end(capsys, tmp_path):
     assert pictures == ["chelsea.png", "rocket.png"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval"]["n"] == 2 and 5.0 < metrics["eval"]["mean"]["psnr"] < 60.0
+    # the baseline trained beside it, both scored for artifacts, the crops and the diagnose report
+    for path in ("baseline/model/model.safetensors", "edge_crops.png", "diagnose/report.html"):
+        assert (out / path).is_file(), path
+    assert metrics["baseline_eval"]["n"] == 2 and "corner" in metrics["baseline_eval"]["mean"]
+    assert "color_shift" in metrics["eval"]["mean"] and "run-to-run" in (out / "summary.md").read_text()
     assert str(out / "summary.md") in stdout and "PSNR" in stdout and "SSIM" in stdout
     assert "PSNR" in (out / "summary.md").read_text()
     # running it again replaces the earlier demo instead of refusing

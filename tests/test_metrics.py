@@ -204,6 +204,8 @@ def test_lpips_offline_plumbing_with_fake_trunk(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setattr(M, "download_file", no_download)
+    monkeypatch.delenv("VIVAT_NO_DOWNLOAD", raising=False)  # the file is there: nothing to fetch anyway
 
     # the random file does not carry torchvision's hash: refused by default
     with pytest.warns(RuntimeWarning, match="SHA-256"):

@@ -39,6 +39,7 @@ __all__ = [
     "load_image",
     "reflect_pad_to",
     "save_image",
+    "save_png_array",
     "save_grid",
     "scan_images",
 ]
@@ -151,7 +152,7 @@ def _to_uint8_hwc(t: torch.Tensor) -> np.ndarray:
     return arr[..., 0] if arr.shape[2] == 1 else arr
 
 
-def _atomic_save_png(arr: np.ndarray, path: Path, compress_level: int = 6) -> Path:
+def save_png_array(arr: np.ndarray, path: Path, compress_level: int = 6) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"images are saved as PNG; give a .png path, got {path}")
@@ -179,7 +180,7 @@ def save_image(t: torch.Tensor, path: str | os.PathLike) -> Path:
     is written to a temporary name in the same folder and renamed into place, so readers never see
     a partial file. Parent folders are created. Returns the path.
     """
-    return _atomic_save_png(_to_uint8_hwc(t), Path(path))
+    return save_png_array(_to_uint8_hwc(t), Path(path))
 
 
 def save_grid(
@@ -530,7 +531,7 @@ def _write_demo(entries: Iterable[tuple[str, str]], src_dir: Path, dst_dir: Path
             im.load()
             arr = (np.clip(_to_rgb_array(im), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         # light compression: these are written on every fresh setup, speed matters more than size
-        out.append(_atomic_save_png(arr, dst_dir / f"{name}.png", compress_level=1))
+        out.append(save_png_array(arr, dst_dir / f"{name}.png", compress_level=1))
     return out
 
 

@@ -38,11 +38,13 @@ the loss (up to its eps), so LDM's learning rates carry over as well.
 
 LPIPS
 -----
-The perceptual term uses ``lpips`` with the VGG16 trunk. Both weight files are read from disk and
-nothing is downloaded: torchvision's ``vgg16-397923af.pth`` from ``torch.hub.get_dir()/checkpoints``
-(i.e. ``$TORCH_HOME/hub/checkpoints``) and the linear heads shipped inside the ``lpips`` package.
-If either is absent, one warning says so and the run continues with the perceptual weight set to
-0 (``require_lpips=True`` raises instead). A randomly initialised trunk is never used.
+The perceptual term uses ``lpips`` with the VGG16 trunk: torchvision's ``vgg16-397923af.pth`` from
+``torch.hub.get_dir()/checkpoints`` (i.e. ``$TORCH_HOME/hub/checkpoints``) and the linear heads
+shipped inside the ``lpips`` package. A trunk that is not cached is downloaded once from
+torchvision's URL into that cache and hash-checked (:func:`vivat.metrics.fetch_lpips_weights`),
+unless downloads are off (``VIVAT_NO_DOWNLOAD=1``, ``--no-download``). If the weights still cannot
+be had (offline, a failed hash), one warning says so and the run continues with the perceptual
+weight set to 0 (``require_lpips=True`` raises instead). A randomly initialised trunk is never used.
 """
 
 from __future__ import annotations
@@ -62,12 +64,13 @@ from .model import DiagonalGaussianDistribution
 
 
 # -------------------------------------------------------------------------------------------
-# LPIPS (VGG) from local files only
+# LPIPS (VGG): cached files, fetched once when missing and allowed
 # -------------------------------------------------------------------------------------------
 def load_lpips_vgg() -> nn.Module:
-    """LPIPS(vgg) with its ImageNet trunk and linear heads loaded from local files, frozen, in eval.
+    """LPIPS(vgg) with its ImageNet trunk and linear heads, frozen, in eval.
 
-    The loading (and the hash check of the trunk) is :func:`vivat.metrics.load_lpips`'s. Raises
+    The fetching (see :func:`vivat.metrics.lpips_status`), loading and hash check of the trunk are
+    :func:`vivat.metrics.load_lpips`'s. Raises
     FileNotFoundError, its message starting "LPIPS disabled:", when a file is missing or unfit.
     """
     ok, reason = lpips_status("vgg")
@@ -169,7 +172,7 @@ class VAELoss(nn.Module):
                 self.perceptual_weight = 0.0
                 warnings.warn(
                     f"{err}; training continues without the perceptual term (perceptual weight 0). "
-                    "Place the file there, or require LPIPS to make this an error.",
+                    "Place the file there (or allow downloads), or require LPIPS to make this an error.",
                     RuntimeWarning,
                     stacklevel=2,
                 )

@@ -22,9 +22,13 @@ Conventions
   0.004 lower on a 512x512 photo; the valid-region convention is the one of scikit-image,
   pytorch-msssim and the reference implementation of Wang et al.)
 * **LPIPS** comes from the ``lpips`` package with inputs in [-1, 1]. Its ImageNet trunk is read
-  from torchvision's cache (``torch.hub.get_dir()/checkpoints``) and never downloaded; when the
-  trunk file is missing (or does not match torchvision's published hash) LPIPS is reported as
-  unavailable instead of being computed from random weights.
+  from torchvision's cache (``torch.hub.get_dir()/checkpoints``); when it is not there it is
+  downloaded once from torchvision's published URL into that cache and checked against the
+  SHA-256 prefix in its file name, as ``torch.hub`` does (:func:`fetch_lpips_weights`). The linear
+  layers ship inside the ``lpips`` package (fetched from the LPIPS project, hash-pinned, only if
+  missing). With downloads off (``VIVAT_NO_DOWNLOAD=1``, ``--no-download``) or no network, or a
+  file that fails its hash, LPIPS is reported as unavailable, with one message saying why and
+  where to put the file, instead of being computed from random weights.
 * Evaluation images are cropped or reflect-padded to a multiple of 8 (:func:`prepare_eval_image`),
   and the report says which.
 """
@@ -36,6 +40,8 @@ import importlib.util
 import math
 import os
 import re
+import tempfile
+import urllib.request
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import center_crop
+from .errors import WeightsError
 
 __all__ = [
     "PSNR_MSE_FLOOR",
@@ -61,6 +68,8 @@ __all__ = [
     "lpips_trunk_path",
     "lpips_linear_path",
     "lpips_status",
+    "downloads_allowed",
+    "fetch_lpips_weights",
     "load_lpips",
     "lpips_distance",
     "describe_lpips",
@@ -179,7 +188,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# LPIPS (offline only)
+# LPIPS: local files, fetched once into the standard caches when missing
 
 # torchvision weight enums the lpips package's trunks correspond to (lpips builds them with
 # ``tv.<arch>(pretrained=True)``, i.e. the *_Weights.IMAGENET1K_V1 files).
@@ -201,11 +210,14 @@ def _normalise_net(net: str) -> str:
 
 
 def _trunk_filename(net: str) -> str:
+    return os.path.basename(urlparse(_trunk_url(net)).path)
+
+
+def _trunk_url(net: str) -> str:
     import torchvision.models as tvm
 
     enum_name, member = _TRUNK_WEIGHTS[_normalise_net(net)]
-    url = getattr(getattr(tvm, enum_name), member).url
-    return os.path.basename(urlparse(url).path)
+    return getattr(getattr(tvm, enum_name), member).url
 
 
 def lpips_trunk_path(net: str = "alex") -> Path:
@@ -217,11 +229,107 @@ def lpips_trunk_path(net: str = "alex") -> Path:
 
 
 def lpips_linear_path(net: str = "alex", version: str = "0.1") -> Path | None:
-    """The lpips package's own linear-layer weights (shipped inside the package), or None if lpips is absent."""
+    """The lpips package's linear-layer weights, or None if lpips is absent.
+
+    They ship inside the package; an installation that lacks them gets them fetched (hash-pinned,
+    :func:`fetch_lpips_weights`) into ``torch.hub.get_dir()/checkpoints/lpips-v<version>-<net>.pth``,
+    which is returned when the package's own file is missing and that one exists.
+    """
+    shipped = _shipped_linear_path(net, version)
+    if shipped is None:
+        return None
+    fetched = _linear_cache_path(net, version)
+    return fetched if not shipped.is_file() and fetched.is_file() else shipped
+
+
+def _shipped_linear_path(net: str, version: str = "0.1") -> Path | None:
     spec = importlib.util.find_spec("lpips")
     if spec is None or spec.origin is None:
         return None
     return Path(spec.origin).parent / "weights" / f"v{version}" / f"{_normalise_net(net)}.pth"
+
+
+def _linear_cache_path(net: str, version: str = "0.1") -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"lpips-v{version}-{_normalise_net(net)}.pth"
+
+
+# Where the LPIPS project publishes its linear layers, and their SHA-256 (lpips 0.1.4, v0.1).
+LPIPS_LINEAR_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v{version}/{net}.pth"
+_LINEAR_SHA256 = {
+    "alex": "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+    "vgg": "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+    "squeeze": "4a5350f23600cb79923ce65bb07cbf57dca461329894153e05a1346bd531cf76",
+}
+NO_DOWNLOAD_ENV = "VIVAT_NO_DOWNLOAD"
+DOWNLOAD_TIMEOUT_S = 30.0
+_fetch_failures: dict[str, str] = {}  # url -> why it failed (tried once per process)
+
+
+def downloads_allowed(download: bool | None = None) -> bool:
+    """Whether missing LPIPS weights may be fetched: ``download`` if given, else not when
+    ``$VIVAT_NO_DOWNLOAD`` is set to anything but ``0``/``false``/``no`` (``--no-download`` sets it)."""
+    if download is not None:
+        return bool(download)
+    return os.environ.get(NO_DOWNLOAD_ENV, "").strip().lower() in ("", "0", "false", "no")
+
+
+def download_file(url: str, dst: Path, sha256: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Fetch ``url`` to ``dst`` if its SHA-256 starts with ``sha256`` (a prefix or the full digest).
+
+    Written to a temporary file next to ``dst`` and moved into place only after the check, so an
+    interrupted or refused download leaves nothing behind. A mismatch raises :class:`WeightsError`;
+    network failures raise ``OSError`` (``urllib.error.URLError``).
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".partial", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                h.update(chunk)
+                f.write(chunk)
+        digest = h.hexdigest()
+        if not digest.startswith(sha256.lower()):
+            raise WeightsError(
+                f"{url} does not match its published SHA-256 {sha256[:16]} (got {digest[:16]}); the download was "
+                f"discarded and {dst} was not written"
+            )
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dst
+
+
+def fetch_lpips_weights(net: str = "alex", timeout: float = DOWNLOAD_TIMEOUT_S) -> tuple[bool, str]:
+    """Download what LPIPS(net) lacks, the standard way; ``(True, "ok")`` or ``(False, why)``.
+
+    The ImageNet trunk comes from torchvision's URL (``<Arch>_Weights.IMAGENET1K_V1``) into
+    ``torch.hub.get_dir()/checkpoints``, checked against the SHA-256 prefix in its file name as
+    ``torch.hub.load_state_dict_from_url(check_hash=True)`` checks it; the linear layers, only if
+    the lpips package lacks them, from :data:`LPIPS_LINEAR_URL` against pinned hashes. A URL that
+    failed is not tried again in the same process. Does not look at :func:`downloads_allowed`.
+    """
+    net = _normalise_net(net)
+    wanted = []
+    lin = lpips_linear_path(net)
+    if lin is not None and not lin.is_file():
+        url = LPIPS_LINEAR_URL.format(version="0.1", net=net)
+        wanted.append((url, _linear_cache_path(net), _LINEAR_SHA256[net]))
+    trunk = lpips_trunk_path(net)
+    if not trunk.is_file():
+        m = _HASH_RE.search(trunk.name)
+        wanted.append((_trunk_url(net), trunk, m.group(1) if m else ""))
+    for url, dst, sha in wanted:
+        if url in _fetch_failures:
+            return False, _fetch_failures[url]
+        try:
+            download_file(url, dst, sha, timeout=timeout)
+        except (OSError, WeightsError) as err:
+            why = f"{dst.name} for LPIPS({net}) is not in {dst.parent} and could not be downloaded from {url} ({err})"
+            _fetch_failures[url] = why
+            return False, why
+    return True, "ok"
 
 
 def _file_sha256(path: Path) -> str:
@@ -250,25 +358,34 @@ def _trunk_hash_ok(path: Path) -> tuple[bool, str]:
     )
 
 
-def lpips_status(net: str = "alex", *, check_hash: bool = True) -> tuple[bool, str]:
-    """Whether LPIPS(net) can be built offline, and why not: ``(True, "ok")`` or ``(False, reason)``.
+def lpips_status(net: str = "alex", *, check_hash: bool = True, download: bool | None = None) -> tuple[bool, str]:
+    """Whether LPIPS(net) can be built, and why not: ``(True, "ok")`` or ``(False, reason)``.
 
     Checks, without constructing anything: the ``lpips`` package, its linear weights file, the
     torchvision ImageNet trunk file in ``torch.hub.get_dir()/checkpoints`` and (``check_hash``)
-    that file's SHA-256 against the prefix in its torchvision file name.
+    that file's SHA-256 against the prefix in its torchvision file name. Missing files are first
+    fetched by :func:`fetch_lpips_weights` when :func:`downloads_allowed` (``download``; default:
+    unless ``$VIVAT_NO_DOWNLOAD`` is set).
     """
     net = _normalise_net(net)
     lin = lpips_linear_path(net)
     if lin is None:
         return False, "the lpips package is not installed (pip install lpips)"
-    if not lin.is_file():
-        return False, f"the lpips package's linear weights {lin} are missing"
     trunk = lpips_trunk_path(net)
+    fetch_failed = ""
+    if (not lin.is_file() or not trunk.is_file()) and downloads_allowed(download):
+        ok, why = fetch_lpips_weights(net)
+        fetch_failed = "" if ok else why
+        lin = lpips_linear_path(net) or lin
+    off = f"downloads are off ({NO_DOWNLOAD_ENV}=1 / --no-download)"
+    if not lin.is_file():
+        return False, fetch_failed or f"the lpips package's linear weights {lin} are missing ({off}; reinstall lpips)"
     if not trunk.is_file():
+        if fetch_failed:
+            return False, f"{fetch_failed}; copy torchvision's {trunk.name} there to use LPIPS offline"
         return False, (
             f"ImageNet trunk weights {trunk.name} for LPIPS({net}) not found in {trunk.parent} "
-            f"(nothing is downloaded; copy torchvision's {trunk.name} there or point TORCH_HOME at a "
-            f"cache that has it)"
+            f"({off}; copy torchvision's {trunk.name} there or point TORCH_HOME at a cache that has it)"
         )
     if check_hash:
         ok, why = _trunk_hash_ok(trunk)
@@ -344,11 +461,11 @@ def load_lpips(
     device: torch.device | str | None = None,
     check_hash: bool = True,
 ) -> torch.nn.Module | None:
-    """Build ``lpips.LPIPS(net)`` from local files only, or return None (one warning) if it cannot.
+    """Build ``lpips.LPIPS(net)`` from its weight files, or return None (one warning) if it cannot.
 
-    The trunk comes from torchvision's cache file (see :func:`lpips_trunk_path`) and the linear
-    layers from the lpips package; nothing is downloaded and a randomly initialised trunk is never
-    returned. With ``require=True`` a missing piece raises ``RuntimeError`` instead of warning.
+    The trunk comes from torchvision's cache file (see :func:`lpips_trunk_path`, fetched there
+    first when missing and downloads are allowed, see :func:`lpips_status`) and the linear layers
+    from the lpips package; a randomly initialised trunk is never returned. With ``require=True`` a missing piece raises ``RuntimeError`` instead of warning.
     ``check_hash=False`` skips the SHA-256 check of the trunk file: such a model is marked
     ``vivat_trunk_verified = False`` and :func:`evaluate_pairs` labels its numbers as unverified
     (only meant for plumbing tests with stand-in weights).

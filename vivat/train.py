@@ -13,6 +13,8 @@ step as a function, which the loop and ``bench/bench_model.py`` call)::
     L_D          = hinge(D(x), D(x_hat))                  (from loss.disc_start on)
     AdamW step on the discriminator (clipped; gradients averaged over processes by hand)
 
+* Learning rates: :func:`learning_rate` of the step (``lr_schedule`` constant or cosine, with
+  ``warmup_steps``), set on both optimisers before each step.
 * Schedule: the discriminator trains from ``loss.disc_start``; from
   ``loss.decoder_only_step(steps)`` on (VIVAT presets: the last 10%), or for the whole run with
   ``decoder_only=True``, the encoder and ``quant_conv`` are frozen so the latent space stays put
@@ -76,6 +78,7 @@ __all__ = [
     "RunExistsError",
     "StepBatchSampler",
     "StepResult",
+    "learning_rate",
     "TrainConfig",
     "train",
     "train_step",
@@ -87,6 +90,33 @@ class RunExistsError(OutputError, FileExistsError):
 
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(
+    step: int, base_lr: float, total_steps: int, schedule: str = "constant", warmup_steps: int = 0, floor: float = 0.05
+) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) in a run of ``total_steps``.
+
+    Warm-up (both schedules): linear from ``base_lr / warmup_steps`` at step 0 to ``base_lr`` at step
+    ``warmup_steps - 1``. Then ``constant`` keeps ``base_lr``; ``cosine`` decays along half a cosine from
+    ``base_lr`` to ``floor * base_lr``, reached at the last step. A pure function of its arguments, so
+    a resumed run follows the uninterrupted run's sequence exactly.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if int(total_steps) < 1 or int(step) < 0 or int(warmup_steps) < 0:
+        raise ValueError(f"need total_steps >= 1, step >= 0, warmup_steps >= 0; got {total_steps}, {step}, {warmup_steps}")
+    if not 0.0 <= float(floor) <= 1.0:
+        raise ValueError(f"floor is a fraction of base_lr in [0, 1], got {floor}")
+    step, total_steps, warmup_steps = int(step), int(total_steps), int(warmup_steps)
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    decay_steps = total_steps - warmup_steps
+    progress = min(1.0, (step - warmup_steps) / (decay_steps - 1)) if decay_steps > 1 else 1.0
+    return base_lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 @dataclass
@@ -94,7 +124,8 @@ class TrainConfig:
     """Settings of one training run (the model comes from ``preset``, ``model_config`` or ``init``).
 
     ``batch_size`` is per process (the global batch is ``batch_size * world_size``). ``disc_lr``
-    None means ``lr``. ``disc_start`` None keeps the preset's. ``workers`` None: 0 on CPU (the
+    None means ``lr``. Both follow ``lr_schedule`` (see :func:`learning_rate`; ``lr_floor`` is the
+    cosine's final fraction of the peak). ``disc_start`` None keeps the preset's. ``workers`` None: 0 on CPU (the
     main process' threads are busy with the model), up to 4 per process on GPU. ``progress`` None:
     a progress bar only when stderr is a terminal. ``resume`` refuses a damaged newest checkpoint
     (naming it and the previous intact one); with ``resume_intact`` as well, the run continues
@@ -112,6 +143,9 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 1e-4
     disc_lr: float | None = None
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    lr_floor: float = 0.05
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.5, 0.9)
     grad_clip: float = 1.0
@@ -140,11 +174,15 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("val_every", "val_images"):
+        for name in ("val_every", "val_images", "warmup_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not (self.lr > 0 and (self.disc_lr is None or self.disc_lr > 0)):
             raise ValueError(f"learning rates must be > 0, got lr={self.lr}, disc_lr={self.disc_lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.lr_floor <= 1.0:
+            raise ValueError(f"lr_floor is a fraction of lr in [0, 1], got {self.lr_floor}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.amp not in AMP_MODES:
@@ -584,6 +622,14 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         step = int(resume_state["step"])
         skipped, skipped_disc = int(resume_state.get("skipped", 0)), int(resume_state.get("skipped_disc", 0))
         restore_rng_state(resume_state["rng"])
+        was = resume_state.get("train_config", {})
+        sched = ("lr", "disc_lr", "lr_schedule", "warmup_steps", "lr_floor", "steps")
+        changed = [k for k in sched if k in was and was[k] != getattr(cfg, k)]
+        if changed:
+            say(
+                "note: " + ", ".join(f"{k} {was[k]} -> {getattr(cfg, k)}" for k in changed)
+                + "; the learning rates from here on follow the new settings, not the checkpointed run's"
+            )
         old_world = int(resume_state.get("world_size", env.world_size))
         if old_world != env.world_size or int(resume_state.get("batch_size", cfg.batch_size)) != cfg.batch_size:
             say(
@@ -643,6 +689,11 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         f"{stats['skipped_unreadable']} unreadable skipped)"
     )
     say(f"  perceptual term: {perceptual}")
+    say(
+        f"  learning rate {cfg.lr:g}, {cfg.lr_schedule}"
+        + (f" to {cfg.lr_floor:g} of it" if cfg.lr_schedule == "cosine" else "")
+        + (f", {cfg.warmup_steps} warm-up steps" if cfg.warmup_steps else "")
+    )
     say(
         f"  discriminator from step {vae_cfg.loss.disc_start}; decoder-only from step "
         f"{'never' if switch is None else switch}"
@@ -725,7 +776,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     # ---- the loop ---------------------------------------------------------------------------
     show_bar = master and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not show_bar, dynamic_ncols=True)
-    last_val = run_validation() if step == 0 else None
+    last_val = run_validation() if step == 0 and cfg.val_every else None
     last_ckpt = resume_path
     last_train: dict[str, Any] | None = None
     window = LogWindow()
@@ -733,7 +784,18 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     model.train()
     loss_fn.train()
 
+    def apply_learning_rates(step: int) -> float:
+        """Set both optimisers' rates for ``step`` (a function of the step, so resume needs no state)."""
+        rates = []
+        for opt, base in ((opt_vae, cfg.lr), (opt_disc, cfg.disc_lr or cfg.lr)):
+            rate = learning_rate(step, base, cfg.steps, cfg.lr_schedule, cfg.warmup_steps, cfg.lr_floor)
+            for group in opt.param_groups:
+                group["lr"] = rate
+            rates.append(rate)
+        return rates[0]
+
     for batch in loader:
+        apply_learning_rates(step)
         if switch is not None and step >= switch and not decoder_only:
             decoder_only = True
             model.set_encoder_trainable(False)

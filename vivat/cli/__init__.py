@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from ..errors import VivatError
 from . import ablate, convert, demo, diagnose, reconstruct, train
 from . import eval as eval_command
-from .common import HelpFormatter, UsageError, add_debug_argument
+from .common import HelpFormatter, UsageError, add_debug_argument, apply_no_download
 
 COMMANDS = (demo, train, eval_command, reconstruct, convert, diagnose, ablate)
 DEBUG_ENV = "VIVAT_DEBUG"
@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``vivat ARGS``; returns the exit status (argparse's usage errors raise ``SystemExit(2)``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_no_download(args)
     try:
         return args.run(args)
     except UsageError as err:

@@ -11,6 +11,7 @@ from .common import (
     add_command,
     add_device_argument,
     add_image_folder_argument,
+    add_no_download_argument,
     prepare_output_dir,
     require_at_least,
     require_dir,
@@ -65,6 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--jobs", type=int, default=2, metavar="J", help="variants trained side by side on CPU (threads split)"
     )
     add_device_argument(p, what="where to train and evaluate")
+    add_no_download_argument(p)
     p.add_argument("--no-noise-run", action="store_true", help="skip the second baseline run (no noise estimate)")
     p.add_argument("--only", default=None, metavar="A,B", help="comma-separated subset of the variants")
     p.add_argument("--no-lpips", action="store_true", help="do not compute LPIPS")

@@ -103,6 +103,25 @@ def add_max_side_argument(
     )
 
 
+NO_DOWNLOAD_ENV = "VIVAT_NO_DOWNLOAD"
+
+
+def add_no_download_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--no-download``: stay strictly offline for LPIPS weights (the same as ``VIVAT_NO_DOWNLOAD=1``)."""
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never download LPIPS weights (default: fetch a missing ImageNet trunk once into torch.hub's "
+        f"cache, hash-checked); the same as {NO_DOWNLOAD_ENV}=1",
+    )
+
+
+def apply_no_download(args: argparse.Namespace) -> None:
+    """Make ``--no-download`` visible to vivat.metrics and to worker processes, through the environment."""
+    if getattr(args, "no_download", False):
+        os.environ[NO_DOWNLOAD_ENV] = "1"
+
+
 def add_device_argument(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, what: str = "where the model runs"
 ) -> None:

@@ -75,7 +75,7 @@ def config_from_flag(text: str | None) -> VAEConfig | None:
 
 def check_images(folder: str | None, size: int) -> torch.Tensor:
     """Up to four center crops (a multiple of 8, at most ``size``) in [-1, 1] for the PSNR check."""
-    from ..data import demo_images, load_image, scan_images
+    from ..data import center_crop, demo_images, load_image, scan_images
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = scan_images(folder) if folder else demo_images(tmp).all
@@ -84,10 +84,7 @@ def check_images(folder: str | None, size: int) -> torch.Tensor:
         crops = []
         for path in paths[:4]:
             img = load_image(path)
-            h, w = img.shape[-2:]
-            s = min(size, h, w) // 8 * 8
-            top, left = (h - s) // 2, (w - s) // 2
-            crops.append(img[:, top : top + s, left : left + s])
+            crops.append(center_crop(img, min(size, *img.shape[-2:]) // 8 * 8))
     s = min(c.shape[-1] for c in crops)
     return torch.stack([c[:, :s, :s] for c in crops]) * 2 - 1
 

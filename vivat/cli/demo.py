@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..demo import DEFAULT_OUT, DEMO_SETTINGS, QUICK_SETTINGS, run_demo
-from .common import add_command, prepare_output_dir, require_at_least
+from .common import add_command, add_no_download_argument, prepare_output_dir, require_at_least
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--steps", type=int, default=None, metavar="N", help="override the number of training steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the run")
+    add_no_download_argument(p)
     return p
 
 

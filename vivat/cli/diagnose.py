@@ -15,6 +15,7 @@ from .common import (
     add_image_folder_argument,
     add_max_side_argument,
     add_model_argument,
+    add_no_download_argument,
     add_sizing_argument,
     prepare_output_dir,
     require_at_least,
@@ -60,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (it is n/a anyway without its weights)")
     add_device_argument(p, what="where the models run")
+    add_no_download_argument(p)
     add_sizing_argument(
         p,
         help="make sizes multiples of 8 by reflect-padding (the artifact scores then read a center crop) or "

@@ -13,6 +13,7 @@ from .common import (
     add_image_folder_argument,
     add_max_side_argument,
     add_model_argument,
+    add_no_download_argument,
     add_sizing_argument,
     prepare_output_file,
     require_at_least,
@@ -40,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_max_side_argument(p)
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     add_device_argument(p)
+    add_no_download_argument(p)
     return p
 
 

@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 from ..config import preset_names
-from ..train import AMP_MODES, TrainConfig, train
+from ..train import AMP_MODES, LR_SCHEDULES, TrainConfig, train
 from .common import (
     UsageError,
     add_command,
     add_device_argument,
     add_image_folder_argument,
+    add_no_download_argument,
     prepare_output_dir,
     require_at_least,
     require_dir,
@@ -75,6 +76,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument("--lr", type=float, metavar="LR", default=d["lr"], help="AdamW learning rate of the VAE")
     g.add_argument(
         "--disc-lr", type=float, metavar="LR", default=None, help="learning rate of the discriminator (default: --lr)"
+    )
+    g.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=d["lr_schedule"],
+        help="learning-rate schedule of both optimisers after the warm-up (cosine decays to --lr-floor)",
+    )
+    g.add_argument(
+        "--warmup-steps", type=int, default=d["warmup_steps"], metavar="N", help="linear learning-rate warm-up steps"
+    )
+    g.add_argument(
+        "--lr-floor",
+        type=float,
+        default=d["lr_floor"],
+        metavar="FRAC",
+        help="final learning rate of the cosine schedule, as a fraction of --lr",
     )
     g.add_argument(
         "--weight-decay",
@@ -152,6 +169,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_device_argument(g, what="where to train")
     g.add_argument("--compile", action="store_true", help="torch.compile the VAE")
+    add_no_download_argument(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     return p
 
