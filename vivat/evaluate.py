@@ -53,6 +53,7 @@ __all__ = [
     "min_image_side",
     "reconstruct",
     "side_by_side",
+    "small_rule",
     "write_reconstructions",
 ]
 
