@@ -135,6 +135,7 @@ def run_case(workload, shape, dtype, device, channels_last, args, copy_gbps):
         def f():
             with torch.no_grad():
                 return m(*inputs)
+
         return f
 
     def fwd_bwd(m):
@@ -142,6 +143,7 @@ def run_case(workload, shape, dtype, device, channels_last, args, copy_gbps):
             y = m(*grad_inputs)
             y.backward(dy)
             return y
+
         return f
 
     for name, m in paths.items():
@@ -175,22 +177,41 @@ def run_case(workload, shape, dtype, device, channels_last, args, copy_gbps):
 
 
 COLUMNS = [
-    ("workload", "op"), ("shape", "shape"), ("dtype", "dtype"), ("layout", "layout"), ("backend", "backend"),
-    ("fwd_ms_eager", "fwd eager ms"), ("fwd_ms_compile", "fwd compile ms"), ("fwd_ms_vivat", "fwd vivat ms"),
-    ("fwd_x_eager", "fwd ×eager"), ("fwd_x_compile", "fwd ×compile"),
-    ("fb_ms_eager", "f+b eager ms"), ("fb_ms_compile", "f+b compile ms"), ("fb_ms_vivat", "f+b vivat ms"),
-    ("fb_x_eager", "f+b ×eager"), ("fb_x_compile", "f+b ×compile"),
-    ("fwd_eff_gbps", "fwd eff GB/s"), ("fwd_eff_of_copy", "fwd eff / copy"), ("fb_eff_gbps", "f+b eff GB/s"),
+    ("workload", "op"),
+    ("shape", "shape"),
+    ("dtype", "dtype"),
+    ("layout", "layout"),
+    ("backend", "backend"),
+    ("fwd_ms_eager", "fwd eager ms"),
+    ("fwd_ms_compile", "fwd compile ms"),
+    ("fwd_ms_vivat", "fwd vivat ms"),
+    ("fwd_x_eager", "fwd ×eager"),
+    ("fwd_x_compile", "fwd ×compile"),
+    ("fb_ms_eager", "f+b eager ms"),
+    ("fb_ms_compile", "f+b compile ms"),
+    ("fb_ms_vivat", "f+b vivat ms"),
+    ("fb_x_eager", "f+b ×eager"),
+    ("fb_x_compile", "f+b ×compile"),
+    ("fwd_eff_gbps", "fwd eff GB/s"),
+    ("fwd_eff_of_copy", "fwd eff / copy"),
+    ("fb_eff_gbps", "f+b eff GB/s"),
     ("rel_err", "rel err"),
 ]
 # CUDA only: CUDA-graph replay (kernel-only) and host-inclusive back-to-back times
 GPU_COLUMNS = [
-    ("workload", "op"), ("shape", "shape"), ("layout", "layout"),
-    ("fwd_graph_ms_eager", "fwd graph eager ms"), ("fwd_graph_ms_vivat", "fwd graph vivat ms"),
-    ("fb_graph_ms_eager", "f+b graph eager ms"), ("fb_graph_ms_vivat", "f+b graph vivat ms"),
-    ("fwd_host_ms_eager", "fwd host eager ms"), ("fwd_host_ms_vivat", "fwd host vivat ms"),
-    ("fwd_host_x_eager", "fwd host ×eager"), ("fb_host_x_eager", "f+b host ×eager"),
-    ("fwd_model_gbps", "fwd design GB/s (3s)"), ("fb_model_gbps", "f+b design GB/s (8s)"),
+    ("workload", "op"),
+    ("shape", "shape"),
+    ("layout", "layout"),
+    ("fwd_graph_ms_eager", "fwd graph eager ms"),
+    ("fwd_graph_ms_vivat", "fwd graph vivat ms"),
+    ("fb_graph_ms_eager", "f+b graph eager ms"),
+    ("fb_graph_ms_vivat", "f+b graph vivat ms"),
+    ("fwd_host_ms_eager", "fwd host eager ms"),
+    ("fwd_host_ms_vivat", "fwd host vivat ms"),
+    ("fwd_host_x_eager", "fwd host ×eager"),
+    ("fb_host_x_eager", "f+b host ×eager"),
+    ("fwd_model_gbps", "fwd design GB/s (3s)"),
+    ("fb_model_gbps", "f+b design GB/s (8s)"),
 ]
 
 
@@ -220,6 +241,7 @@ def _host_calls(kind: str):
     x1, w1, b1, dy = _host_inputs(True)
     leaves = (x1, w1, b1)
     if kind == "eager":
+
         def fwd():
             return F.silu(F.group_norm(x0, 32, w0, b0, 1e-5))
 
@@ -237,6 +259,7 @@ def _host_calls(kind: str):
             with vk.use_backend(backend):
                 y = vk.fused_group_norm(x1, 32, w1, b1, eps=1e-5, act="silu")
             return torch.autograd.grad(y, leaves, dy)
+
     return {"fwd": fwd, "fb": fb}
 
 
@@ -298,9 +321,23 @@ def host_cost(out_dir: Path | None, rounds: int = 7, calls: int = 300) -> str:
             env.pop("TRITON_INTERPRET", None)
             if kind == "triton-interp":
                 env["TRITON_INTERPRET"] = "1"
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--host-worker", kind,
-                                   "--host-rounds", str(rounds), "--host-calls", str(calls)],
-                                  env=env, capture_output=True, text=True, timeout=900, check=False)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--host-worker",
+                    kind,
+                    "--host-rounds",
+                    str(rounds),
+                    "--host-calls",
+                    str(calls),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                check=False,
+            )
             if proc.returncode != 0:
                 raise RuntimeError(f"host worker {kind} failed: {proc.stderr[-2000:]}")
             got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -310,17 +347,33 @@ def host_cost(out_dir: Path | None, rounds: int = 7, calls: int = 300) -> str:
     eager = {k: min(results["eager"][k]) for k in ("fwd", "fb")}
     for kind in kinds:
         fwd, fb = min(results[kind]["fwd"]), min(results[kind]["fb"])
-        rows.append({"variant": kind, "fwd_us": fwd, "fb_us": fb, "fwd_x": fwd / eager["fwd"], "fb_x": fb / eager["fb"]})
+        rows.append(
+            {"variant": kind, "fwd_us": fwd, "fb_us": fb, "fwd_x": fwd / eager["fwd"], "fb_x": fb / eager["fb"]}
+        )
     env = environment(torch.device("cpu"))
-    md = "\n".join([
-        f"# GroupNorm + SiLU host cost per call — {env['device']}, {env['date']}", "",
-        (f"torch {env['torch']}, triton {env['triton']}; shape {'x'.join(map(str, HOST_SHAPE))} fp32, 32 groups, "
-         "one thread, each variant in its own process, best of alternating rounds. Triton: the launch is "
-         "stubbed (interp: the interpreter's run returns at once; compiled: a stand-in cuda:90 driver, "
-         "the launcher runs as a warm-up without the final driver call). Target: fused within 2x of eager."), "",
-        markdown_table(rows, [("variant", "variant"), ("fwd_us", "fwd µs"), ("fwd_x", "fwd / eager"),
-                              ("fb_us", "fwd+bwd µs"), ("fb_x", "fwd+bwd / eager")]),
-    ])
+    md = "\n".join(
+        [
+            f"# GroupNorm + SiLU host cost per call — {env['device']}, {env['date']}",
+            "",
+            (
+                f"torch {env['torch']}, triton {env['triton']}; shape {'x'.join(map(str, HOST_SHAPE))} fp32, 32 groups, "
+                "one thread, each variant in its own process, best of alternating rounds. Triton: the launch is "
+                "stubbed (interp: the interpreter's run returns at once; compiled: a stand-in cuda:90 driver, "
+                "the launcher runs as a warm-up without the final driver call). Target: fused within 2x of eager."
+            ),
+            "",
+            markdown_table(
+                rows,
+                [
+                    ("variant", "variant"),
+                    ("fwd_us", "fwd µs"),
+                    ("fwd_x", "fwd / eager"),
+                    ("fb_us", "fwd+bwd µs"),
+                    ("fb_x", "fwd+bwd / eager"),
+                ],
+            ),
+        ]
+    )
     if out_dir is not None:
         write_results(out_dir, "group_norm_host", torch.device("cpu"), {"env": env, "rows": rows}, md)
     return md
@@ -332,7 +385,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default=None, help="comma list (default: cpu float32,bfloat16; cuda bfloat16,float32)")
     ap.add_argument("--layouts", default="nchw", help="comma list of nchw, cl")
     ap.add_argument("--workloads", default="scn,gn_silu")
-    ap.add_argument("--shapes", default=None, help="e.g. 1x128x256x256,4x512x64x64 (default: CPU_SHAPES, plus GPU_EXTRA on CUDA)")
+    ap.add_argument(
+        "--shapes", default=None, help="e.g. 1x128x256x256,4x512x64x64 (default: CPU_SHAPES, plus GPU_EXTRA on CUDA)"
+    )
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="one small shape, fp32, few reps (a smoke test)")
@@ -387,16 +442,27 @@ def main(argv=None) -> int:
 def report(rows, device, copy_gbps, out_dir, quiet=False) -> str:
     env = environment(device)
     env["copy_gbps"] = copy_gbps
-    md = [f"# GroupNorm family benchmark — {env['device']}, {env['date']}", "",
-          f"torch {env['torch']}, triton {env['triton']}, threads {env['threads']}"
-          + (f", device-to-device copy {copy_gbps:.0f} GB/s" if copy_gbps else ""),
-          "Medians after warm-up; ratios = other path's time / vivat's time (higher is better), one run."
-          + (" GPU ms: kernel time (L2 flushed before each repetition, repetitions queued back to back)."
-             if device.type == "cuda" else ""), "",
-          markdown_table(rows, COLUMNS)]
+    md = [
+        f"# GroupNorm family benchmark — {env['device']}, {env['date']}",
+        "",
+        f"torch {env['torch']}, triton {env['triton']}, threads {env['threads']}"
+        + (f", device-to-device copy {copy_gbps:.0f} GB/s" if copy_gbps else ""),
+        "Medians after warm-up; ratios = other path's time / vivat's time (higher is better), one run."
+        + (
+            " GPU ms: kernel time (L2 flushed before each repetition, repetitions queued back to back)."
+            if device.type == "cuda"
+            else ""
+        ),
+        "",
+        markdown_table(rows, COLUMNS),
+    ]
     if device.type == "cuda":
-        md += ["", "CUDA-graph replay (kernel only) and host-inclusive (back-to-back eager calls) times:", "",
-               markdown_table(rows, GPU_COLUMNS)]
+        md += [
+            "",
+            "CUDA-graph replay (kernel only) and host-inclusive (back-to-back eager calls) times:",
+            "",
+            markdown_table(rows, GPU_COLUMNS),
+        ]
     markdown = "\n".join(md)
     if out_dir is not None:
         jpath, mpath = write_results(out_dir, "group_norm", device, {"env": env, "rows": rows}, markdown)

@@ -138,7 +138,13 @@ class _EagerSpatialNorm(SpatialNorm):
     def forward(self, f: Tensor, zq: Tensor) -> Tensor:
         norm = self.norm_layer
         return reference.group_norm(
-            f, norm.num_groups, norm.weight, norm.bias, gamma=self.conv_y(zq), beta=self.conv_b(zq), eps=norm.eps,
+            f,
+            norm.num_groups,
+            norm.weight,
+            norm.bias,
+            gamma=self.conv_y(zq),
+            beta=self.conv_b(zq),
+            eps=norm.eps,
             act=self.act,
         )
 
@@ -201,8 +207,16 @@ class TrainRunner:
     discriminator), the EMA and both AdamW optimisers, as ``vivat.train`` sets them up; each call
     runs one step of the trainer's loop on the fixed batch ``x``."""
 
-    def __init__(self, base: AutoencoderKL, base_loss: VAELoss, eager: bool, backend: str, compiled: bool,
-                 x: Tensor, amp_dtype: torch.dtype | None):
+    def __init__(
+        self,
+        base: AutoencoderKL,
+        base_loss: VAELoss,
+        eager: bool,
+        backend: str,
+        compiled: bool,
+        x: Tensor,
+        amp_dtype: torch.dtype | None,
+    ):
         device = x.device
         self.alloc_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         self.state_bytes: int | None = None
@@ -224,12 +238,26 @@ class TrainRunner:
 
     def __call__(self) -> Tensor:
         with use_backend(self.backend):
-            result = train_step(self.model, self.loss_fn, self.ema, self.opt_vae, self.opt_disc, self.scaler, self.x,
-                                self.step, seed=SEED, amp_dtype=self.amp_dtype, grad_clip=self.grad_clip,
-                                ema_decay=self.ema_decay, env=self.env)
+            result = train_step(
+                self.model,
+                self.loss_fn,
+                self.ema,
+                self.opt_vae,
+                self.opt_disc,
+                self.scaler,
+                self.x,
+                self.step,
+                seed=SEED,
+                amp_dtype=self.amp_dtype,
+                grad_clip=self.grad_clip,
+                ema_decay=self.ema_decay,
+                env=self.env,
+            )
         if not (result.ok and result.disc_ok):
-            raise RuntimeError(f"non-finite loss or gradient at step {self.step} (generator ok {result.ok}, "
-                               f"discriminator ok {result.disc_ok})")
+            raise RuntimeError(
+                f"non-finite loss or gradient at step {self.step} (generator ok {result.ok}, "
+                f"discriminator ok {result.disc_ok})"
+            )
         x_hat = result.x_hat
         self.step += 1
         if self.state_bytes is None and self.alloc_before is not None:
@@ -256,8 +284,16 @@ def kernels_label(name: str, fused_backend: str) -> str:
     }[name]
 
 
-def run_case(case: str, size: int, batch: int, make: Callable[[str, str, bool], DecodeRunner | TrainRunner],
-             fused_backend: str, args: argparse.Namespace, device: torch.device, notes: list[str]) -> list[dict]:
+def run_case(
+    case: str,
+    size: int,
+    batch: int,
+    make: Callable[[str, str, bool], DecodeRunner | TrainRunner],
+    fused_backend: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    notes: list[str],
+) -> list[dict]:
     """Time every variant of one case (``make(source, backend, compiled)`` builds a variant's
     runner); returns its rows, eager first."""
     runners: dict[str, DecodeRunner | TrainRunner] = {}
@@ -294,8 +330,10 @@ def run_case(case: str, size: int, batch: int, make: Callable[[str, str, bool], 
             with torch.profiler.profile() as prof:
                 runner()
                 sync(device)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50),
-                  flush=True)
+            print(
+                prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50),
+                flush=True,
+            )
     peaks = {name: r.peak_mb() for name, r in runners.items()}
     rounds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.rounds):
@@ -322,9 +360,7 @@ def run_case(case: str, size: int, batch: int, make: Callable[[str, str, bool], 
                 "x_torch_backend": ms["torch-backend"] / ms[name] if name != "torch-backend" else None,
                 "x_compile": ms["compile"] / ms[name] if "compile" in ms and name != "compile" else None,
                 "peak_mb": peaks[name],
-                "mem_x_eager": (
-                    peaks[name] / peaks["eager"] if peaks[name] is not None and name != "eager" else None
-                ),
+                "mem_x_eager": (peaks[name] / peaks["eager"] if peaks[name] is not None and name != "eager" else None),
                 "max_abs_diff": diffs[name],
                 "first_call_s": first_s[name],
             }
@@ -365,16 +401,28 @@ def target_text(row: dict, device: torch.device) -> str:
 # -------------------------------------------------------------------------------------------
 # The two cases
 # -------------------------------------------------------------------------------------------
-def decode_cases(base: AutoencoderKL, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
-                 fused_backend: str, notes: list[str]) -> Iterator[list[dict]]:
+def decode_cases(
+    base: AutoencoderKL,
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    fused_backend: str,
+    notes: list[str],
+) -> Iterator[list[dict]]:
     """The rows of ``model.decode`` for each of ``args.sizes``, one size at a time."""
     cfg = base.config
     fused = copy.deepcopy(base).to(dtype).eval()
     models = {"eager": eager_copy(fused), "fused": fused}
     for size in args.sizes:
         latent = size // cfg.downsample_factor
-        z = torch.randn(args.batch, cfg.z_channels, latent, latent, device=device,
-                        generator=torch.Generator(device).manual_seed(SEED)).to(dtype)
+        z = torch.randn(
+            args.batch,
+            cfg.z_channels,
+            latent,
+            latent,
+            device=device,
+            generator=torch.Generator(device).manual_seed(SEED),
+        ).to(dtype)
 
         def make(source: str, backend: str, compiled: bool, z: Tensor = z) -> DecodeRunner:
             return DecodeRunner(models[source], backend, compiled, z)
@@ -382,12 +430,28 @@ def decode_cases(base: AutoencoderKL, args: argparse.Namespace, device: torch.de
         yield run_case("decode", size, args.batch, make, fused_backend, args, device, notes)
 
 
-def train_cases(base: AutoencoderKL, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
-                fused_backend: str, notes: list[str]) -> Iterator[list[dict]]:
+def train_cases(
+    base: AutoencoderKL,
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    fused_backend: str,
+    notes: list[str],
+) -> Iterator[list[dict]]:
     """The rows of one training step on ``args.train_batch`` crops of ``args.train_size``."""
     cfg, size = base.config, args.train_size
-    x = torch.rand(args.train_batch, cfg.in_channels, size, size, device=device,
-                   generator=torch.Generator(device).manual_seed(SEED)) * 2 - 1
+    x = (
+        torch.rand(
+            args.train_batch,
+            cfg.in_channels,
+            size,
+            size,
+            device=device,
+            generator=torch.Generator(device).manual_seed(SEED),
+        )
+        * 2
+        - 1
+    )
     torch.manual_seed(SEED)
     base_loss = VAELoss(cfg.loss, in_channels=cfg.in_channels).to(device)
     amp_dtype = None if dtype == torch.float32 else dtype
@@ -419,8 +483,9 @@ def _probe_call(kind: str, variant: str, size: int, batch: int, base: Autoencode
     if kind == "decode":
         model = copy.deepcopy(base).to(dtype).eval()
         model = eager_copy(model) if source == "eager" else model
-        z = torch.randn(batch, cfg.z_channels, size // cfg.downsample_factor, size // cfg.downsample_factor,
-                        device=device).to(dtype)
+        z = torch.randn(
+            batch, cfg.z_channels, size // cfg.downsample_factor, size // cfg.downsample_factor, device=device
+        ).to(dtype)
         return DecodeRunner(model, backend, compiled, z)
     x = torch.rand(batch, cfg.in_channels, size, size, device=device) * 2 - 1
     with warnings.catch_warnings():
@@ -449,8 +514,18 @@ def _footprint_mib(kind: str, variant: str, size: int, batch: int, base, args, d
         finally:
             del runner
             torch.cuda.empty_cache()
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", f"{kind}:{variant}:{size}:{batch}",
-           "--preset", args.preset, "--dtype", args.dtype, "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--probe",
+        f"{kind}:{variant}:{size}:{batch}",
+        "--preset",
+        args.preset,
+        "--dtype",
+        args.dtype,
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("PEAK_RSS_KIB "):
@@ -468,8 +543,10 @@ def fit_rows(base: AutoencoderKL, args, device: torch.device, dtype: torch.dtype
         budget = _footprint_mib("decode", "eager", args.fit_ref_size, 1, base, args, device, dtype)
         if budget is None:
             raise RuntimeError(f"the reference eager decode at {args.fit_ref_size}² failed")
-        what = (f"{budget:.0f} MiB resident, the peak RSS of the eager decode at {args.fit_ref_size}² (each trial "
-                "a fresh process; RSS includes the interpreter and torch)")
+        what = (
+            f"{budget:.0f} MiB resident, the peak RSS of the eager decode at {args.fit_ref_size}² (each trial "
+            "a fresh process; RSS includes the interpreter and torch)"
+        )
     rows = []
     for variant in args.fit_variants.split(","):
         row = {"variant": variant, "budget_mib": budget}
@@ -482,8 +559,11 @@ def fit_rows(base: AutoencoderKL, args, device: torch.device, dtype: torch.dtype
             best = best_mib = None
             for v in steps:
                 mib = _footprint_mib(kind, variant, size_of(v), batch_of(v), base, args, device, dtype)
-                print(f"  fit {kind} {variant} {batch_of(v)}x{size_of(v)}²: "
-                      + ("out of memory" if mib is None else f"{mib:.0f} MiB"), flush=True)
+                print(
+                    f"  fit {kind} {variant} {batch_of(v)}x{size_of(v)}²: "
+                    + ("out of memory" if mib is None else f"{mib:.0f} MiB"),
+                    flush=True,
+                )
                 if mib is None or mib > budget:
                     break
                 best, best_mib = v, mib
@@ -492,8 +572,13 @@ def fit_rows(base: AutoencoderKL, args, device: torch.device, dtype: torch.dtype
     return rows, what
 
 
-FIT_COLUMNS = [("variant", "variant"), ("train_max", "largest training batch"), ("train_mib", "its peak MiB"),
-               ("decode_max", "largest decode side"), ("decode_mib", "its peak MiB")]
+FIT_COLUMNS = [
+    ("variant", "variant"),
+    ("train_max", "largest training batch"),
+    ("train_mib", "its peak MiB"),
+    ("decode_max", "largest decode side"),
+    ("decode_mib", "its peak MiB"),
+]
 
 
 def probe(spec: str, args, device: torch.device, dtype: torch.dtype) -> int:
@@ -510,8 +595,15 @@ def probe(spec: str, args, device: torch.device, dtype: torch.dtype) -> int:
 # -------------------------------------------------------------------------------------------
 # Report
 # -------------------------------------------------------------------------------------------
-def render(rows: list[dict], notes: list[str], env: dict, args: argparse.Namespace, device: torch.device,
-           fused_backend: str, train_note: str) -> str:
+def render(
+    rows: list[dict],
+    notes: list[str],
+    env: dict,
+    args: argparse.Namespace,
+    device: torch.device,
+    fused_backend: str,
+    train_note: str,
+) -> str:
     md = [
         f"# Model benchmark: {args.preset} decode and training step — {env['device']}, {env['date']}",
         "",
@@ -554,32 +646,55 @@ def render(rows: list[dict], notes: list[str], env: dict, args: argparse.Namespa
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--preset", default=None, choices=preset_names(),
-                    help="model preset (default: cpu vivat-tiny; cuda vivat-f8c16)")
+    ap.add_argument(
+        "--preset",
+        default=None,
+        choices=preset_names(),
+        help="model preset (default: cpu vivat-tiny; cuda vivat-f8c16)",
+    )
     ap.add_argument("--sizes", default=None, help="decode image sides, comma list (default: cpu 256,512; cuda +1024)")
     ap.add_argument("--batch", type=int, default=1, help="decode batch (default: 1)")
     ap.add_argument("--train-size", type=int, default=256, help="training crop side (default: 256)")
     ap.add_argument("--train-batch", type=int, default=None, help="training batch (default: cpu 2; cuda 8)")
-    ap.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
-                    help="decode weights / training autocast dtype (default: cpu float32; cuda bfloat16)")
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run the torch.compile variants (default: on; slow to warm up on CPU)")
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16"),
+        help="decode weights / training autocast dtype (default: cpu float32; cuda bfloat16)",
+    )
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the torch.compile variants (default: on; slow to warm up on CPU)",
+    )
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls per round (default: cpu 1; cuda 3)")
     ap.add_argument("--reps", type=int, default=None, help="timed calls per round (default: cpu 3; cuda 10)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of all variants (median of rounds)")
-    ap.add_argument("--only", default=",".join(CASES),
-                    help="comma list of decode, train, run in that order (default: decode,train)")
-    ap.add_argument("--fit", action="store_true",
-                    help="memory headline: per variant the largest training batch and decode that fit the budget")
+    ap.add_argument(
+        "--only", default=",".join(CASES), help="comma list of decode, train, run in that order (default: decode,train)"
+    )
+    ap.add_argument(
+        "--fit",
+        action="store_true",
+        help="memory headline: per variant the largest training batch and decode that fit the budget",
+    )
     ap.add_argument("--fit-budget-gib", type=float, default=16.0, help="CUDA budget for --fit (default: 16 GiB)")
-    ap.add_argument("--fit-ref-size", type=int, default=2048,
-                    help="CPU: the budget is the peak RSS of the eager decode at this side (default: 2048)")
+    ap.add_argument(
+        "--fit-ref-size",
+        type=int,
+        default=2048,
+        help="CPU: the budget is the peak RSS of the eager decode at this side (default: 2048)",
+    )
     ap.add_argument("--fit-variants", default="eager,fused", help="comma list of variants for --fit")
     ap.add_argument("--fit-kinds", default="train,decode", help="what --fit searches: train, decode or both")
     ap.add_argument("--fit-max-batch", type=int, default=64, help="largest training batch tried by --fit")
     ap.add_argument("--fit-max-size", type=int, default=8192, help="largest decode side tried by --fit")
-    ap.add_argument("--profile", action="store_true",
-                    help="print each variant's top ops (torch.profiler, one call) after its first call")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="print each variant's top ops (torch.profiler, one call) after its first call",
+    )
     ap.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=RESULTS / "local", help="folder for the JSON + markdown results")
     ap.add_argument("--tag", default="", help="added to the results' file names (model-TAG-DATE-DEVICE.md)")
@@ -630,10 +745,12 @@ def main(argv: list[str] | None = None) -> int:
     def report() -> str:
         markdown = render(rows, notes, env, args, device, fused_backend, train_note)
         if fit:
-            markdown += (f"\n\n## Memory headline\n\nBudget: {fit['what']}. Training at {args.train_size}² "
-                         f"(batches {', '.join(map(str, FIT_BATCHES))}), decode batch 1 (sides "
-                         f"{', '.join(map(str, FIT_SIZES))}); each the largest step that fits.\n\n"
-                         + markdown_table(fit["rows"], FIT_COLUMNS))
+            markdown += (
+                f"\n\n## Memory headline\n\nBudget: {fit['what']}. Training at {args.train_size}² "
+                f"(batches {', '.join(map(str, FIT_BATCHES))}), decode batch 1 (sides "
+                f"{', '.join(map(str, FIT_SIZES))}); each the largest step that fits.\n\n"
+                + markdown_table(fit["rows"], FIT_COLUMNS)
+            )
         payload = {
             "fit": fit,
             "env": env,

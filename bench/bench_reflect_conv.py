@@ -144,8 +144,12 @@ def memory_mb(fwd, device):
     # Clamped at 0: a backward that frees what its forward saved (eager frees the padded copy) is
     # not credited for it.
     mb = 2.0**20
-    return {"fwd_extra_mb": max(peak_nograd, 0) / mb, "fwd_grad_extra_mb": max(peak_fwd, 0) / mb,
-                "saved_extra_mb": max(saved, 0) / mb, "bwd_extra_mb": max(peak_bwd, 0) / mb}
+    return {
+        "fwd_extra_mb": max(peak_nograd, 0) / mb,
+        "fwd_grad_extra_mb": max(peak_fwd, 0) / mb,
+        "saved_extra_mb": max(saved, 0) / mb,
+        "bwd_extra_mb": max(peak_bwd, 0) / mb,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,27 +184,36 @@ def bench_shape(name, shape, dtype, channels_last, device, args, compiled_cache)
     backend = "triton" if device.type == "cuda" else "cpp"
     designs = ["border", "implicit_gemm", "slab", "auto"] if device.type == "cuda" else ["slab", "border", "auto"]
     for design in designs:
+
         def run(design=design):
             with use_backend(backend), rc.use_design(design):
                 return reflect_conv2d(x, wt, b, s, pad4)
+
         variants[f"vivat:{design}"] = run
     variants["zeropad"] = lambda: F.conv2d(x, wt, b, s, (top, left))
 
     rows = []
-    base = {"shape": name, "size": f"{n}x{c}x{h}x{w}->{co} k{k} s{s} pad{pad4}", "dtype": str(dtype).replace("torch.", ""),
-                "layout": "cl" if channels_last else "nchw"}
+    base = {
+        "shape": name,
+        "size": f"{n}x{c}x{h}x{w}->{co} k{k} s{s} pad{pad4}",
+        "dtype": str(dtype).replace("torch.", ""),
+        "layout": "cl" if channels_last else "nchw",
+    }
     for vname, fwd in variants.items():
         t0 = time.perf_counter()
         with torch.no_grad():
             fwd_ms = timed_ms(fwd, device, warmup=args.warmup, reps=args.reps)
         y = fwd()
         dy = torch.randn_like(y)
-        bwd_ms = timed_ms(lambda y=y, dy=dy: torch.autograd.grad(y, inputs, dy, retain_graph=True), device,
-                         warmup=args.warmup, reps=args.reps)
+        bwd_ms = timed_ms(
+            lambda y=y, dy=dy: torch.autograd.grad(y, inputs, dy, retain_graph=True),
+            device,
+            warmup=args.warmup,
+            reps=args.reps,
+        )
         del y
         mem = memory_mb(Call(fwd, inputs), device)
-        rows.append(dict(base, variant=vname, fwd_ms=fwd_ms, bwd_ms=bwd_ms, **mem,
-                         wall_s=time.perf_counter() - t0))
+        rows.append(dict(base, variant=vname, fwd_ms=fwd_ms, bwd_ms=bwd_ms, **mem, wall_s=time.perf_counter() - t0))
     if args.profile and device.type == "cuda":
         profile_designs(x, wt, b, s, pad4, inputs)
     by = {r["variant"]: r for r in rows}
@@ -210,8 +223,11 @@ def bench_shape(name, shape, dtype, channels_last, device, args, compiled_cache)
             r[f"{phase}_x_compile"] = by["compile"][f"{phase}_ms"] / r[f"{phase}_ms"] if "compile" in by else None
             r[f"{phase}_vs_zeropad"] = r[f"{phase}_ms"] / by["zeropad"][f"{phase}_ms"]
     layout = "cl" if channels_last else "nchw"
-    picks = {key[0]: d for key, d in rc.design_decisions().items()
-             if key[1] == backend and key[3:10] == (n, c, h, w, co, k, k) and key[10:] == (s, pad4, str(dtype), layout)}
+    picks = {
+        key[0]: d
+        for key, d in rc.design_decisions().items()
+        if key[1] == backend and key[3:10] == (n, c, h, w, co, k, k) and key[10:] == (s, pad4, str(dtype), layout)
+    }
     by["vivat:auto"]["auto_pick"] = f"fwd={picks.get('fwd')}, bwd={picks.get('bwd')}"
     return rows
 
@@ -235,12 +251,21 @@ def profile_designs(x, wt, b, s, pad4, inputs) -> None:
 
 
 COLUMNS = [
-    ("shape", "shape"), ("dtype", "dtype"), ("layout", "layout"), ("variant", "variant"),
-    ("fwd_ms", "fwd ms"), ("bwd_ms", "bwd ms"),
-    ("fwd_x_eager", "fwd x eager"), ("bwd_x_eager", "bwd x eager"),
-    ("fwd_x_compile", "fwd x compile"), ("bwd_x_compile", "bwd x compile"),
-    ("fwd_vs_zeropad", "fwd / zeropad"), ("bwd_vs_zeropad", "bwd / zeropad"),
-    ("fwd_extra_mb", "fwd extra MiB"), ("saved_extra_mb", "saved extra MiB"), ("bwd_extra_mb", "bwd extra MiB"),
+    ("shape", "shape"),
+    ("dtype", "dtype"),
+    ("layout", "layout"),
+    ("variant", "variant"),
+    ("fwd_ms", "fwd ms"),
+    ("bwd_ms", "bwd ms"),
+    ("fwd_x_eager", "fwd x eager"),
+    ("bwd_x_eager", "bwd x eager"),
+    ("fwd_x_compile", "fwd x compile"),
+    ("bwd_x_compile", "bwd x compile"),
+    ("fwd_vs_zeropad", "fwd / zeropad"),
+    ("bwd_vs_zeropad", "bwd / zeropad"),
+    ("fwd_extra_mb", "fwd extra MiB"),
+    ("saved_extra_mb", "saved extra MiB"),
+    ("bwd_extra_mb", "bwd extra MiB"),
     ("auto_pick", "auto pick"),
 ]
 
@@ -251,19 +276,34 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default=None, help="comma list (default: cuda bfloat16, cpu float32)")
     ap.add_argument("--layouts", default=None, help="comma list of nchw, cl (default: cuda cl, cpu nchw)")
     ap.add_argument("--shapes", default=None, help=f"comma list of {', '.join(SHAPES)} (default: all)")
-    ap.add_argument("--cpu-div", type=int, default=None,
-                    help="divide H, W by this on CPU (default 2; 4 with --quick); 1 = the full VAE sizes")
+    ap.add_argument(
+        "--cpu-div",
+        type=int,
+        default=None,
+        help="divide H, W by this on CPU (default 2; 4 with --quick); 1 = the full VAE sizes",
+    )
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile variant")
     ap.add_argument("--quick", action="store_true", help="fewer reps; on CPU H, W / 4")
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="stop starting new shapes after this many seconds, the rest listed as skipped "
-                         "(default: 120 on CUDA, to fit the GPU check; none on CPU)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads (torch.set_num_threads); 1 gives stable numbers on a shared machine")
-    ap.add_argument("--profile", action="store_true",
-                    help="CUDA: print the per-kernel GPU times of each vivat design (forward + backward) per shape")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="stop starting new shapes after this many seconds, the rest listed as skipped "
+        "(default: 120 on CUDA, to fit the GPU check; none on CPU)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (torch.set_num_threads); 1 gives stable numbers on a shared machine",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="CUDA: print the per-kernel GPU times of each vivat design (forward + backward) per shape",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "local", help="folder for the JSON + markdown results")
     args = ap.parse_args(argv)
 
@@ -284,8 +324,10 @@ def main(argv=None) -> int:
 
     env = environment(device)
     env.update(cpu_div=div, warmup=args.warmup, reps=args.reps)
-    print(f"# reflect conv benchmark on {env['device']} (torch {env['torch']}, triton {env['triton']})"
-          + (f"; CPU shapes have H, W / {div}" if div > 1 else ""))
+    print(
+        f"# reflect conv benchmark on {env['device']} (torch {env['torch']}, triton {env['triton']})"
+        + (f"; CPU shapes have H, W / {div}" if div > 1 else "")
+    )
     start = time.perf_counter()
     rows, skipped, compiled_cache = [], [], {}
     for name, dtype, layout in [(nm, d, lo) for nm in names for d in dtypes for lo in layouts]:
@@ -295,16 +337,24 @@ def main(argv=None) -> int:
         shape = SHAPES[name] if div == 1 else scaled(SHAPES[name], div)
         new = bench_shape(name, shape, dtype, layout == "cl", device, args, compiled_cache)
         for r in new:
-            print(f"{r['shape']:18s} {r['dtype']:8s} {r['layout']:4s} {r['variant']:19s} fwd {r['fwd_ms']:9.3f} ms"
-                  f" ({r['fwd_x_eager']:.2f}x eager, {r['fwd_vs_zeropad']:.2f} of zeropad)  bwd {r['bwd_ms']:9.3f} ms"
-                  f" ({r['bwd_x_eager']:.2f}x eager, {r['bwd_vs_zeropad']:.2f} of zeropad)  extra MiB fwd"
-                  f" {r['fwd_extra_mb']:.1f} saved {r['saved_extra_mb']:.1f} bwd {r['bwd_extra_mb']:.1f}"
-                  + (f"  [{r['auto_pick']}]" if r.get("auto_pick") else ""), flush=True)
+            print(
+                f"{r['shape']:18s} {r['dtype']:8s} {r['layout']:4s} {r['variant']:19s} fwd {r['fwd_ms']:9.3f} ms"
+                f" ({r['fwd_x_eager']:.2f}x eager, {r['fwd_vs_zeropad']:.2f} of zeropad)  bwd {r['bwd_ms']:9.3f} ms"
+                f" ({r['bwd_x_eager']:.2f}x eager, {r['bwd_vs_zeropad']:.2f} of zeropad)  extra MiB fwd"
+                f" {r['fwd_extra_mb']:.1f} saved {r['saved_extra_mb']:.1f} bwd {r['bwd_extra_mb']:.1f}"
+                + (f"  [{r['auto_pick']}]" if r.get("auto_pick") else ""),
+                flush=True,
+            )
         rows += new
         # Written after every shape, so a run cut short by a timeout still leaves its results.
-        write_results(args.out, "reflect_conv", device, {"env": env, "rows": rows, "partial": True},
-                      f"Reflect conv2d on {env['device']} (partial: the run is still going or was cut short)\n\n"
-                      + markdown_table(rows, COLUMNS))
+        write_results(
+            args.out,
+            "reflect_conv",
+            device,
+            {"env": env, "rows": rows, "partial": True},
+            f"Reflect conv2d on {env['device']} (partial: the run is still going or was cut short)\n\n"
+            + markdown_table(rows, COLUMNS),
+        )
     if skipped:
         print(f"# time budget ({budget_s:.0f} s) reached; skipped: {', '.join(skipped)}")
     autos = [r for r in rows if r["variant"] == "vivat:auto"]
@@ -313,13 +363,22 @@ def main(argv=None) -> int:
         f"({r['auto_pick']}) -- {'yes' if min(r['fwd_x_eager'], r['bwd_x_eager']) >= 1.0 else 'no'}"
         for r in autos
     ]
-    markdown = (f"Reflect conv2d on {env['device']}, torch {env['torch']}"
-                + (f", CPU shapes with H, W / {div}" if div > 1 else "") + "\n" + "\n".join(target) + "\n\n"
-                + markdown_table(rows, COLUMNS))
+    markdown = (
+        f"Reflect conv2d on {env['device']}, torch {env['torch']}"
+        + (f", CPU shapes with H, W / {div}" if div > 1 else "")
+        + "\n"
+        + "\n".join(target)
+        + "\n\n"
+        + markdown_table(rows, COLUMNS)
+    )
     print()
     print(markdown)
-    payload = {"env": env, "rows": rows, "skipped": skipped,
-               "decisions": {"|".join(map(str, k)): v for k, v in rc.design_decisions().items()}}
+    payload = {
+        "env": env,
+        "rows": rows,
+        "skipped": skipped,
+        "decisions": {"|".join(map(str, k)): v for k, v in rc.design_decisions().items()},
+    }
     jpath, mpath = write_results(args.out, "reflect_conv", device, payload, markdown)
     print(f"\nwrote {jpath} and {mpath}")
     return 0

@@ -22,8 +22,8 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -35,8 +35,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, reps: int = 10,
-            min_time_s: float = 0.0) -> float:
+def time_ms(
+    fn: Callable[[], object], device: torch.device, *, warmup: int = 3, reps: int = 10, min_time_s: float = 0.0
+) -> float:
     """Median wall time of ``fn()`` in milliseconds (CUDA events on GPU)."""
     for _ in range(warmup):
         fn()
@@ -71,8 +72,15 @@ def flush_l2(device: torch.device) -> None:
     buf.zero_()
 
 
-def gpu_times(fn: Callable[[], object], device: torch.device, *, reps: int = 50, warmup: int = 5,
-              back_to_back: int = 20, graph: bool = True) -> dict:
+def gpu_times(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    reps: int = 50,
+    warmup: int = 5,
+    back_to_back: int = 20,
+    graph: bool = True,
+) -> dict:
     """Kernel, CUDA-graph and host-inclusive times of ``fn()`` in ms (see the module docstring).
 
     On CPU only ``host_ms`` (= :func:`time_ms`) is filled. ``graph_ms`` is None when ``fn`` cannot
@@ -194,6 +202,7 @@ def result_path(out_dir: Path, stem: str, device: torch.device, suffix: str) -> 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """``columns`` is a list of (key, header); floats are printed with 3 significant digits."""
+
     def fmt(v):
         if v is None:
             return "–"

@@ -37,10 +37,12 @@ def test_group_norm(benchmark, bench_device, gn_shape, bench_path, workload, mod
     dy = torch.randn_like(inputs[0])
 
     if mode == "fwd":
+
         def fn():
             with torch.no_grad():
                 return module(*inputs)
     else:
+
         def fn():
             y = module(*grad_inputs)
             y.backward(dy)

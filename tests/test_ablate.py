@@ -146,7 +146,15 @@ def test_ablate_end_to_end_and_reuse(tiny_photos, tmp_path, capsys):
     ],
 )
 def test_ablate_bad_input(tiny_photos, tmp_path, capsys, extra, message):
-    args = ["ablate", "--data", str(tiny_photos / "train"), "--val", str(tiny_photos / "val"), "--out", str(tmp_path / "o")]
+    args = [
+        "ablate",
+        "--data",
+        str(tiny_photos / "train"),
+        "--val",
+        str(tiny_photos / "val"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     try:
         code = main(args + extra)
     except SystemExit as exc:

@@ -19,8 +19,25 @@ def load_bench():
 
 def test_bench_model_cpu_rows(tmp_path):
     bench = load_bench()
-    argv = ["--device", "cpu", "--sizes", "64", "--train-size", "64", "--train-batch", "1",
-            "--warmup", "0", "--reps", "1", "--rounds", "1", "--no-compile", "--out", str(tmp_path)]
+    argv = [
+        "--device",
+        "cpu",
+        "--sizes",
+        "64",
+        "--train-size",
+        "64",
+        "--train-batch",
+        "1",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
+        "--rounds",
+        "1",
+        "--no-compile",
+        "--out",
+        str(tmp_path),
+    ]
     assert bench.main(argv) == 0
 
     (jpath,) = tmp_path.glob("model-*-cpu.json")

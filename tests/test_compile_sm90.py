@@ -29,8 +29,12 @@ FLAG_SETS = [  # (weight, bias, gamma, beta, silu), as in test_group_norm.FLAGS
     (False, True, False, True, True),
 ]
 # (N, C, G, H, W, low-res size) and forward design: one-tile group, looped group, split.
-SHAPES = [((2, 12, 4, 5, 6, (2, 3)), "group"), ((1, 16, 2, 44, 13, (26, 5)), "group"),
-          ((1, 16, 2, 44, 13, (26, 5)), "split"), ((1, 8, 2, 16, 16, (16, 16)), "split")]
+SHAPES = [
+    ((2, 12, 4, 5, 6, (2, 3)), "group"),
+    ((1, 16, 2, 44, 13, (26, 5)), "group"),
+    ((1, 16, 2, 44, 13, (26, 5)), "split"),
+    ((1, 8, 2, 16, 16, (16, 16)), "split"),
+]
 
 
 def _main(all_dtypes: bool) -> int:

@@ -54,8 +54,15 @@ def test_graph_replays_forward_backward(shape, low, channels_last):
     for got, want in zip(static, eager):
         assert torch.equal(got, want), (got.float() - want.float()).abs().max()
     # and the replay is right, not only repeatable
-    ref = reference.group_norm(x.detach().float(), 32, wt.detach(), bs.detach(), gamma=gm.detach().float(),
-                               beta=bt.detach().float(), act="silu")
+    ref = reference.group_norm(
+        x.detach().float(),
+        32,
+        wt.detach(),
+        bs.detach(),
+        gamma=gm.detach().float(),
+        beta=bt.detach().float(),
+        act="silu",
+    )
     rel = ((static[0].float() - ref).norm() / ref.norm()).item()
     assert rel < 1e-2, rel
 

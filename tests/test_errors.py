@@ -37,7 +37,6 @@ ERROR_LINE = re.compile(r"^vivat( [\w-]+)?: error: ")
 RUN_ENV = {"VIVAT_NO_CPP": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
 
 
-
 # -------------------------------------------------------------------------------------------
 # inputs
 # -------------------------------------------------------------------------------------------
@@ -189,11 +188,7 @@ def build_cases(root: Path, model: Path) -> list[Case]:
     # ---- reconstruct --------------------------------------------------------------------------
     for kind in ("corrupt", "empty", "truncated"):
         bad = write_bad(root / "recon_in" / f"{kind}.png", kind)
-        cases.append(
-            Case(
-                f"reconstruct-{kind}", ["reconstruct", str(bad), "--model", M, "--out", "recon"], bad.name
-            )
-        )
+        cases.append(Case(f"reconstruct-{kind}", ["reconstruct", str(bad), "--model", M, "--out", "recon"], bad.name))
     for kind in ("tiny", "16bit"):
         img = write_bad(root / "recon_in" / f"{kind}.png", kind)
         cases.append(

@@ -7,13 +7,12 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import poisoned_outputs, tol
 
 import vivat_kernels as vk
 from vivat_kernels import reference
 from vivat_kernels.ops import group_norm as gn_op
 from vivat_kernels.ops.group_norm import nearest_source_index
-
-from conftest import poisoned_outputs, tol
 
 # (N, C, G, H, W, low-res size of gamma/beta or None): odd sizes, C/G in {1, 3, 5, 8, 12},
 # h = H, h = H/8, and non-integer ratios (26 -> 44 is where integer index math goes wrong).
@@ -68,12 +67,19 @@ def run(x, g, params, extra, backend=None):
 
 def reference_of(x, g, params, extra, dtype):
     """Reference in float64 on CPU, from the same (possibly rounded) inputs."""
+
     def up(t):
         return None if t is None else t.detach().cpu().double()
 
     return reference.group_norm(
-        up(x), g, up(params["weight"]), up(params["bias"]),
-        gamma=up(extra["gamma"]), beta=up(extra["beta"]), eps=1e-6, act=extra["act"],
+        up(x),
+        g,
+        up(params["weight"]),
+        up(params["bias"]),
+        gamma=up(extra["gamma"]),
+        beta=up(extra["beta"]),
+        eps=1e-6,
+        act=extra["act"],
     )
 
 
@@ -128,9 +134,13 @@ def test_bf16(target, shape, channels_last):
     (dx,) = torch.autograd.grad(y, x, dy)
     xr = x.detach().cpu().double().requires_grad_(True)
     ry = reference.group_norm(
-        xr, g, *(None if t is None else t.cpu().double() for t in params.values()),
+        xr,
+        g,
+        *(None if t is None else t.cpu().double() for t in params.values()),
         gamma=None if extra["gamma"] is None else extra["gamma"].cpu().double(),
-        beta=None if extra["beta"] is None else extra["beta"].cpu().double(), eps=1e-6, act=extra["act"],
+        beta=None if extra["beta"] is None else extra["beta"].cpu().double(),
+        eps=1e-6,
+        act=extra["act"],
     )
     (rdx,) = torch.autograd.grad(ry, xr, dy.cpu().double())
     scale = rdx.abs().max().item()
@@ -265,7 +275,11 @@ BAD = [
     (lambda: vk.fused_group_norm(torch.randn(1, 6, 5, 5), 2, beta=torch.randn(6, 2, 2)), ValueError, "beta"),
     (lambda: vk.fused_group_norm(torch.randn(1, 6, 5, 5), 2, torch.randn(6).double()), TypeError, "weight"),
     (lambda: vk.fused_group_norm(torch.randn(1, 6, 5, 5), 2, torch.randn(5)), ValueError, "weight"),
-    (lambda: vk.fused_group_norm(torch.randn(1, 6, 5, 5).bfloat16(), 2, gamma=torch.randn(1, 6, 2, 2).half()), TypeError, "gamma"),
+    (
+        lambda: vk.fused_group_norm(torch.randn(1, 6, 5, 5).bfloat16(), 2, gamma=torch.randn(1, 6, 2, 2).half()),
+        TypeError,
+        "gamma",
+    ),
     (lambda: vk.fused_group_norm(torch.randint(0, 5, (1, 6, 5, 5)), 2), TypeError, "x"),
     (lambda: vk.fused_group_norm(torch.randn(1, 6, 5, 5), 2, eps=0.0), ValueError, "eps"),
     (lambda: vk.fused_group_norm(torch.randn(1, 6, 5, 5), 2, eps=-1e-5), ValueError, "eps"),
@@ -377,7 +391,7 @@ def test_reference_bias_without_weight_matches_formula():
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
     y = reference.group_norm(x, 3, None, b, eps=1e-5)
     xs = x.reshape(2, 3, -1)
-    want = ((xs - xs.mean(-1, keepdim=True)) / torch.sqrt(xs.var(-1, unbiased=False, keepdim=True) + 1e-5))
+    want = (xs - xs.mean(-1, keepdim=True)) / torch.sqrt(xs.var(-1, unbiased=False, keepdim=True) + 1e-5)
     want = want.reshape(x.shape) + b.view(1, 6, 1, 1)
     torch.testing.assert_close(y, want)
     dy = torch.randn_like(y)
@@ -468,8 +482,11 @@ def triton_tune(monkeypatch):
 
 @pytest.mark.parametrize("design", list(DESIGNS))
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
-@pytest.mark.parametrize("shape,flags", [(SHAPES[3], FLAGS[0]), (SHAPES[2], FLAGS[3]), (SHAPES[1], FLAGS[2])],
-                         ids=["ratio-f0", "h8-f3", "full-f2"])
+@pytest.mark.parametrize(
+    "shape,flags",
+    [(SHAPES[3], FLAGS[0]), (SHAPES[2], FLAGS[3]), (SHAPES[1], FLAGS[2])],
+    ids=["ratio-f0", "h8-f3", "full-f2"],
+)
 def test_triton_designs(triton_tune, design, channels_last, shape, flags):
     triton_tune(DESIGNS[design])
     x, params, extra, g = make_inputs(shape, flags, torch.float32, "cpu", channels_last)

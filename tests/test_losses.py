@@ -189,7 +189,9 @@ def test_discriminator_loss():
 def test_lpips_missing_warns_and_disables(empty_torch_home):
     cfg = VAEConfig.from_preset("vivat-tiny").loss
     assert cfg.perceptual_weight == 1.0
-    with pytest.warns(RuntimeWarning, match=r"LPIPS disabled: .*vgg16-397923af.pth.* not found in .*torch_home.hub.checkpoints"):
+    with pytest.warns(
+        RuntimeWarning, match=r"LPIPS disabled: .*vgg16-397923af.pth.* not found in .*torch_home.hub.checkpoints"
+    ):
         loss = VAELoss(cfg)
     assert loss.lpips is None and loss.perceptual_weight == 0.0
     assert "LPIPS disabled" in loss.lpips_status

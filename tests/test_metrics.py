@@ -96,7 +96,13 @@ def test_ssim_matches_torchmetrics_per_image():
     x = torch.stack([_photo(96), _photo(96).flip(-1)])
     y = torch.stack([_distort(x[0], 1), _distort(x[1], 2)])
     _, ssim_map = tm.structural_similarity_index_measure(
-        y, x, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, reduction="none",
+        y,
+        x,
+        gaussian_kernel=True,
+        sigma=1.5,
+        kernel_size=11,
+        data_range=1.0,
+        reduction="none",
         return_full_image=True,
     )
     ref = ssim_map[..., 5:-5, 5:-5].flatten(1).mean(1)

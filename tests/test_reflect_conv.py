@@ -171,8 +171,9 @@ def test_gradcheck_fp64(impl, name):
     # Full gradcheck is O(numel) calls: kept for cpp and compiled Triton; the reference backend
     # and the interpreter use the random-projection check.
     fast = interpreted(impl) or impl[0] == "torch"
-    assert torch.autograd.gradcheck(lambda a, b_, c: vk.reflect_conv2d(a, b_, c, s, pad), (x, wt, b),
-                                    eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=fast)
+    assert torch.autograd.gradcheck(
+        lambda a, b_, c: vk.reflect_conv2d(a, b_, c, s, pad), (x, wt, b), eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=fast
+    )
 
 
 def test_deterministic_backward(impl):
@@ -233,8 +234,9 @@ def test_opcheck(impl):
     xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     torch.library.opcheck(torch.ops.vivat.reflect_conv2d_fwd.default, (xc, w, None, 2, [0, 1, 0, 1]))
     dy = torch.randn(1, 4, 5, 4, device=impl[1])
-    torch.library.opcheck(torch.ops.vivat.reflect_conv2d_bwd.default,
-                          (dy, x.detach(), w.detach(), 1, [1, 1, 1, 1], [True, True, False]))
+    torch.library.opcheck(
+        torch.ops.vivat.reflect_conv2d_bwd.default, (dy, x.detach(), w.detach(), 1, [1, 1, 1, 1], [True, True, False])
+    )
 
 
 def test_compile_fullgraph():
@@ -268,8 +270,12 @@ def test_autocast_cpu_bf16():
         y = vk.reflect_conv2d(x, w, b, 1, 1)
         want = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w, b)
     assert y.dtype == want.dtype == torch.bfloat16
-    assert_close(y, reference.reflect_conv2d(x.bfloat16().double(), w.bfloat16().double(), b.bfloat16().double(), 1, 1),
-                 torch.bfloat16, "y")
+    assert_close(
+        y,
+        reference.reflect_conv2d(x.bfloat16().double(), w.bfloat16().double(), b.bfloat16().double(), 1, 1),
+        torch.bfloat16,
+        "y",
+    )
     xg = x.clone().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = vk.reflect_conv2d(xg, w, b, 1, 1)
@@ -344,8 +350,9 @@ def test_module_from_conv_shares_parameters():
     x = torch.randn(1, 3, 6, 6)
     torch.testing.assert_close(new(x), reference.reflect_conv2d(x, conv.weight, None, 1, 1), rtol=1e-5, atol=1e-5)
     down = ReflectConv2d.from_conv(nn.Conv2d(3, 3, 3, stride=2), pad4=(0, 1, 0, 1))
-    torch.testing.assert_close(down(x), reference.reflect_conv2d(x, down.weight, down.bias, 2, (0, 1, 0, 1)),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        down(x), reference.reflect_conv2d(x, down.weight, down.bias, 2, (0, 1, 0, 1)), rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(TypeError, match="Conv2d"):
         ReflectConv2d.from_conv(nn.Linear(2, 2))
 
@@ -353,8 +360,9 @@ def test_module_from_conv_shares_parameters():
 def test_module_downsample_and_fallbacks():
     down = ReflectConv2d(4, 4, 3, stride=2, pad4=(0, 1, 0, 1))
     x = torch.randn(1, 4, 8, 8)
-    torch.testing.assert_close(down(x), reference.reflect_conv2d(x, down.weight, down.bias, 2, (0, 1, 0, 1)),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        down(x), reference.reflect_conv2d(x, down.weight, down.bias, 2, (0, 1, 0, 1)), rtol=1e-5, atol=1e-5
+    )
     grouped = ReflectConv2d(4, 4, 3, padding=1, groups=2)  # not covered by the op: eager path
     ref = nn.Conv2d(4, 4, 3, padding=1, groups=2, padding_mode="reflect")
     ref.load_state_dict(grouped.state_dict())

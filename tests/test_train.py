@@ -212,13 +212,26 @@ def test_train_step_is_one_step_of_the_loop(images, tmp_path):
     opt_disc = adamw(loss_fn.discriminator, cfg.lr, cfg.betas, cfg.weight_decay)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     data = ImageFolderDataset(cfg.data, cfg.size, train=True, small=cfg.small, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(data, batch_sampler=StepBatchSampler(len(data), cfg.batch_size, cfg.seed, 0, 1))
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=StepBatchSampler(len(data), cfg.batch_size, cfg.seed, 0, 1)
+    )
     model.train()
     loss_fn.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    result = train_step(model, loss_fn, ema, opt_vae, opt_disc, scaler, next(iter(loader)), 0, seed=cfg.seed,
-                        grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay)
+    result = train_step(
+        model,
+        loss_fn,
+        ema,
+        opt_vae,
+        opt_disc,
+        scaler,
+        next(iter(loader)),
+        0,
+        seed=cfg.seed,
+        grad_clip=cfg.grad_clip,
+        ema_decay=cfg.ema_decay,
+    )
 
     assert result.ok and result.disc_ok
     assert {"loss", "l1", "kl", "grad_norm", "d_loss"} <= result.logs.keys()

@@ -355,5 +355,3 @@ def _verdict(row: dict[str, Any]) -> str:
     if row["noise"] is not None and abs(row["change"]) <= row["noise"]:
         return "within run-to-run noise"
     return "better" if better else "worse"
-
-

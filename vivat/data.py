@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -350,9 +350,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         candidates = scan_images(self.root)
         self.found = len(candidates)
         if not candidates:
-            raise InputError(
-                f"no images found in {self.root} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
-            )
+            raise InputError(f"no images found in {self.root} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
 
         self.skipped_small = 0
         self.skipped_unreadable = 0

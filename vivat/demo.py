@@ -117,7 +117,11 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig(**job["config"], model_config=VAEConfig.from_dict(job["model_config"]))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t0, c0 = time.time(), time.process_time()
-    with open(Path(cfg.out) / "train.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with (
+        open(Path(cfg.out) / "train.log", "w") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
         summary = train(cfg)
     return {**summary, "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0}
 
@@ -196,8 +200,10 @@ def _markdown_summary(
         "",
         f"## Held-out photos ({report['n']}), {report['sizing']}",
         "",
-        (f"| image | size | PSNR {PRESET} | PSNR {BASELINE} | SSIM {PRESET} | SSIM {BASELINE} | "
-        f"colour shift {PRESET} | colour shift {BASELINE} |"),
+        (
+            f"| image | size | PSNR {PRESET} | PSNR {BASELINE} | SSIM {PRESET} | SSIM {BASELINE} | "
+            f"colour shift {PRESET} | colour shift {BASELINE} |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for row, brow in zip(report["images"], base["images"]):
@@ -224,8 +230,10 @@ def _markdown_summary(
     lines += [
         f"## What the fixes change here: `{PRESET}` against `{BASELINE}`",
         "",
-        ("Artifact scores are 0 for a perfect reconstruction and larger when worse (`OUT/diagnose/report.html` "
-        "defines each); PSNR and SSIM are better higher."),
+        (
+            "Artifact scores are 0 for a perfect reconstruction and larger when worse (`OUT/diagnose/report.html` "
+            "defines each); PSNR and SSIM are better higher."
+        ),
         "",
         *comparison_table(COMPARED, m, b, RUN_TO_RUN, labels=(PRESET, BASELINE)),
         "",
@@ -243,10 +251,14 @@ def _markdown_summary(
         "",
         f"- `{out / 'model'}`, `{out / 'baseline' / 'model'}`: the trained models (`AutoencoderKL.from_pretrained`)",
         f"- `{out / 'metrics.json'}`: per-image and mean metrics and artifact scores of both, with every setting",
-        (f"- `{out / 'reconstructions'}/`: original | reconstruction by `{PRESET}` "
-        f"({', '.join(p.name for p in files['recon'])})"),
-        (f"- `{files['crops']}`: border and corner crops where the two models differ most: original | "
-        f"`{PRESET}` | `{BASELINE}` | their errors (x4), enlarged 3x"),
+        (
+            f"- `{out / 'reconstructions'}/`: original | reconstruction by `{PRESET}` "
+            f"({', '.join(p.name for p in files['recon'])})"
+        ),
+        (
+            f"- `{files['crops']}`: border and corner crops where the two models differ most: original | "
+            f"`{PRESET}` | `{BASELINE}` | their errors (x4), enlarged 3x"
+        ),
         f"- `{files['html']}`: the `vivat diagnose` report of `{PRESET}` with the `{BASELINE}` column",
         (
             f"- `{out / 'log.jsonl'}`, `{out / 'baseline' / 'log.jsonl'}`: training logs; `samples/`: validation "
@@ -348,7 +360,11 @@ def run_demo(
     model, baseline = load_model(out / "model"), load_model(out / "baseline" / "model")
     result = diagnose_model(model, photos.val_dir, max_side=max_side, worst=len(photos.val), name=PRESET)
     base_result = diagnose_model(
-        baseline, photos.val_dir, max_side=max_side, worst=0, include=[w["file"] for w in result["worst"]],
+        baseline,
+        photos.val_dir,
+        max_side=max_side,
+        worst=0,
+        include=[w["file"] for w in result["worst"]],
         name=BASELINE,
     )
     html = write_report(out / "diagnose", result, base_result)["html"]
@@ -385,8 +401,14 @@ def run_demo(
         "baseline_eval": reports[BASELINE],
         "run_to_run_noise": RUN_TO_RUN,
         "edge_crops": [
-            {"image": c.image, "where": c.where, "top": c.top, "left": c.left, "model_error": c.model_error,
-             "baseline_error": c.baseline_error}
+            {
+                "image": c.image,
+                "where": c.where,
+                "top": c.top,
+                "left": c.left,
+                "model_error": c.model_error,
+                "baseline_error": c.baseline_error,
+            }
             for c in crops[:4]
         ],
     }

@@ -43,9 +43,10 @@ import re
 import tempfile
 import urllib.request
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -354,7 +355,7 @@ def _trunk_hash_ok(path: Path) -> tuple[bool, str]:
         return True, ""
     return False, (
         f"ImageNet trunk file {path} does not match torchvision's published SHA-256 prefix {prefix} "
-        f"(got {digest[:len(prefix)]}); refusing to compute LPIPS from it"
+        f"(got {digest[: len(prefix)]}); refusing to compute LPIPS from it"
     )
 
 
@@ -661,9 +662,7 @@ def _reflect_pad(x: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
     return x
 
 
-def prepare_eval_image(
-    img: torch.Tensor, mode: str = "crop", multiple: int = 8
-) -> tuple[torch.Tensor, EvalPrep]:
+def prepare_eval_image(img: torch.Tensor, mode: str = "crop", multiple: int = 8) -> tuple[torch.Tensor, EvalPrep]:
     """Bring an image (3, H, W) or batch (N, 3, H, W) to H, W multiples of ``multiple``.
 
     ``mode="crop"``: center crop to the largest multiple (drops at most multiple-1 rows/columns).

@@ -106,7 +106,9 @@ def learning_rate(
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     if int(total_steps) < 1 or int(step) < 0 or int(warmup_steps) < 0:
-        raise ValueError(f"need total_steps >= 1, step >= 0, warmup_steps >= 0; got {total_steps}, {step}, {warmup_steps}")
+        raise ValueError(
+            f"need total_steps >= 1, step >= 0, warmup_steps >= 0; got {total_steps}, {step}, {warmup_steps}"
+        )
     if not 0.0 <= float(floor) <= 1.0:
         raise ValueError(f"floor is a fraction of base_lr in [0, 1], got {floor}")
     step, total_steps, warmup_steps = int(step), int(total_steps), int(warmup_steps)
@@ -473,8 +475,16 @@ class LogWindow:
             for k, v in result.logs.items():
                 self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
 
-    def flush(self, step: int, global_batch: int, skipped: int, skipped_disc: int, decoder_only: bool,
-              lr: float, time_s: float) -> dict[str, Any]:
+    def flush(
+        self,
+        step: int,
+        global_batch: int,
+        skipped: int,
+        skipped_disc: int,
+        decoder_only: bool,
+        lr: float,
+        time_s: float,
+    ) -> dict[str, Any]:
         """The ``train`` record of this window (means over its finite steps; ``images``: how many
         the window saw, for the caller to pop), and a fresh window."""
         dt = time.time() - self.t0
@@ -627,7 +637,8 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         changed = [k for k in sched if k in was and was[k] != getattr(cfg, k)]
         if changed:
             say(
-                "note: " + ", ".join(f"{k} {was[k]} -> {getattr(cfg, k)}" for k in changed)
+                "note: "
+                + ", ".join(f"{k} {was[k]} -> {getattr(cfg, k)}" for k in changed)
                 + "; the learning rates from here on follow the new settings, not the checkpointed run's"
             )
         old_world = int(resume_state.get("world_size", env.world_size))
@@ -805,8 +816,19 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             say(f"step {step}: encoder frozen, decoder-only stage")
 
         result = train_step(
-            model, loss_fn, ema, opt_vae, opt_disc, scaler, batch.to(device, non_blocking=True), step,
-            seed=cfg.seed, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, env=env,
+            model,
+            loss_fn,
+            ema,
+            opt_vae,
+            opt_disc,
+            scaler,
+            batch.to(device, non_blocking=True),
+            step,
+            seed=cfg.seed,
+            amp_dtype=amp_dtype,
+            grad_clip=cfg.grad_clip,
+            ema_decay=cfg.ema_decay,
+            env=env,
             fwd_model=fwd_model,
         )
         skipped += not result.ok
@@ -816,8 +838,15 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
         window.add(result)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            last_train = window.flush(step, cfg.batch_size * env.world_size, skipped, skipped_disc, decoder_only,
-                                      opt_vae.param_groups[0]["lr"], time.time() - t_start)
+            last_train = window.flush(
+                step,
+                cfg.batch_size * env.world_size,
+                skipped,
+                skipped_disc,
+                decoder_only,
+                opt_vae.param_groups[0]["lr"],
+                time.time() - t_start,
+            )
             run_images += last_train.pop("images")
             log.write(last_train)
             show_progress(last_train)

@@ -26,7 +26,10 @@ def info() -> int:
     if err is None:
         import triton
 
-        print(f"triton        {triton.__version__}" + ("  [TRITON_INTERPRET=1: kernels run on CPU]" if _backend.triton_interpret() else ""))
+        print(
+            f"triton        {triton.__version__}"
+            + ("  [TRITON_INTERPRET=1: kernels run on CPU]" if _backend.triton_interpret() else "")
+        )
     else:
         print(f"triton        unavailable: {err}")
     if torch.cuda.is_available():
@@ -54,8 +57,11 @@ def info() -> int:
     design = reflect_conv.get_design()
     print(f"reflect_conv2d design: {design} (use_design / $VIVAT_REFLECT_CONV_DESIGN)")
     for backend, designs in reflect_conv.BACKEND_DESIGNS.items():
-        how = (f"auto = the fastest of {', '.join(designs)}, timed on the first call of each shape and cached"
-               if design == "auto" else f"{design} forced" + ("" if design in designs else " (cannot run here)"))
+        how = (
+            f"auto = the fastest of {', '.join(designs)}, timed on the first call of each shape and cached"
+            if design == "auto"
+            else f"{design} forced" + ("" if design in designs else " (cannot run here)")
+        )
         print(f"  {backend:7s} {how}")
     for key, chosen in reflect_conv.design_decisions().items():
         print(f"  chosen: {chosen:13s} {key}")

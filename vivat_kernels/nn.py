@@ -35,7 +35,7 @@ class FusedGroupNorm(nn.GroupNorm):
         self.act = act
 
     @classmethod
-    def from_group_norm(cls, gn: nn.GroupNorm, act: str | None = None) -> "FusedGroupNorm":
+    def from_group_norm(cls, gn: nn.GroupNorm, act: str | None = None) -> FusedGroupNorm:
         """A FusedGroupNorm sharing ``gn``'s parameters (no copy)."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
@@ -129,8 +129,18 @@ class ReflectConv2d(nn.Conv2d):
             raise TypeError(f"from_conv expects an nn.Conv2d, got {type(conv).__name__}")
         new = cls.__new__(cls)
         nn.Module.__init__(new)
-        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
-                     "output_padding", "groups", "_reversed_padding_repeated_twice"):
+        for name in (
+            "in_channels",
+            "out_channels",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "transposed",
+            "output_padding",
+            "groups",
+            "_reversed_padding_repeated_twice",
+        ):
             setattr(new, name, getattr(conv, name))
         new.padding_mode = "reflect"
         new.register_parameter("weight", conv.weight)
@@ -150,8 +160,13 @@ class ReflectConv2d(nn.Conv2d):
 
         pad4 = self._pad4()
         kh, kw = self.kernel_size
-        if self.groups == 1 and tuple(self.dilation) == (1, 1) and self.stride[0] == self.stride[1] \
-                and kh % 2 == 1 and kw % 2 == 1:
+        if (
+            self.groups == 1
+            and tuple(self.dilation) == (1, 1)
+            and self.stride[0] == self.stride[1]
+            and kh % 2 == 1
+            and kw % 2 == 1
+        ):
             return reflect_conv2d(x, self.weight, self.bias, self.stride[0], pad4)
         x = torch.nn.functional.pad(x, pad4, mode="reflect") if any(pad4) else x
         return torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)

@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if report.get("skipped"):
-        print(f"skipped {len(report['skipped'])} file(s) that could not be evaluated (listed in the report)", file=sys.stderr)
+        print(
+            f"skipped {len(report['skipped'])} file(s) that could not be evaluated (listed in the report)",
+            file=sys.stderr,
+        )
     if mean["lpips"] is None:
         print(f"LPIPS: {report['settings']['lpips']}", file=sys.stderr)
     return 0

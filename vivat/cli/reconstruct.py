@@ -52,5 +52,8 @@ def run(args: argparse.Namespace) -> int:
     for r in result:
         print(f"{r['file']}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f} -> {r['side_by_side']}")
     if result.skipped:
-        print(f"skipped {len(result.skipped)} of {len(args.images)} image(s) (named in the warnings above)", file=sys.stderr)
+        print(
+            f"skipped {len(result.skipped)} of {len(args.images)} image(s) (named in the warnings above)",
+            file=sys.stderr,
+        )
     return 0

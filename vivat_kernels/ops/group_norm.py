@@ -43,9 +43,7 @@ ACTS = (None, "silu")
 # torch backend: the reference forward, and its autograd for the backward
 # --------------------------------------------------------------------------------------------
 def _torch_fwd(x, weight, bias, gamma, beta, num_groups, eps, silu):
-    y = reference.group_norm(
-        x, num_groups, weight, bias, gamma=gamma, beta=beta, eps=eps, act="silu" if silu else None
-    )
+    y = reference.group_norm(x, num_groups, weight, bias, gamma=gamma, beta=beta, eps=eps, act="silu" if silu else None)
     mean, rstd = reference.group_stats(x, num_groups, eps)
     return y.contiguous(memory_format=memory_format_of(x)), mean, rstd
 
@@ -163,9 +161,16 @@ def _resolve(x: Tensor) -> tuple[str, str, bool]:
     return hit
 
 
-def selected_backend(x: Tensor, num_groups: int | None = None, weight: Tensor | None = None,
-                     bias: Tensor | None = None, *, gamma: Tensor | None = None, beta: Tensor | None = None,
-                     act: str | None = None) -> tuple[str, str]:
+def selected_backend(
+    x: Tensor,
+    num_groups: int | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    act: str | None = None,
+) -> tuple[str, str]:
     """The backend this op would use for ``x`` now, and why.
 
     With only ``x``: the kernel family for x's device and dtype ("triton", "cpp" or "torch").
@@ -209,9 +214,19 @@ def _tsig(t):
 
 
 def _auto_key(x, num_groups, weight, bias, gamma, beta, act, grad):
-    return (tuple(x.shape), x.stride(), x.dtype, x.device, num_groups, _tsig(weight), _tsig(bias), _tsig(gamma),
-            _tsig(beta), act, grad and (x.requires_grad or any(t is not None and t.requires_grad
-                                                                for t in (weight, bias, gamma, beta))))
+    return (
+        tuple(x.shape),
+        x.stride(),
+        x.dtype,
+        x.device,
+        num_groups,
+        _tsig(weight),
+        _tsig(bias),
+        _tsig(gamma),
+        _tsig(beta),
+        act,
+        grad and (x.requires_grad or any(t is not None and t.requires_grad for t in (weight, bias, gamma, beta))),
+    )
 
 
 def _eager(x, num_groups, weight, bias, gamma, beta, eps, act):
@@ -257,8 +272,10 @@ def _auto_choice(key, x, num_groups, weight, bias, gamma, beta, eps, act, fused_
         return fused_backend, f"{why}; auto: large tensor, fused kernel"
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         return fused_backend, f"{why}; auto: cannot time inside CUDA graph capture"
-    leaves = [None if t is None else t.detach().requires_grad_(grad and t.requires_grad)
-              for t in (x, weight, bias, gamma, beta)]
+    leaves = [
+        None if t is None else t.detach().requires_grad_(grad and t.requires_grad)
+        for t in (x, weight, bias, gamma, beta)
+    ]
     args = (leaves[0], num_groups, leaves[1], leaves[2], leaves[3], leaves[4], eps, act)
     with torch.enable_grad() if grad else torch.no_grad():
         t_eager = _time_call(lambda: _eager(*args), x, grad)
@@ -291,8 +308,10 @@ class _FusedGroupNorm(torch.autograd.Function):
         if not dy.is_contiguous(memory_format=fmt):
             dy = dy.contiguous(memory_format=fmt)
         grads = bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, silu, list(mask))
-        outs = [None if g is None else (g if g.dtype == t.dtype else g.to(t.dtype))
-                for g, t in zip(grads, (x, weight, bias, gamma, beta))]
+        outs = [
+            None if g is None else (g if g.dtype == t.dtype else g.to(t.dtype))
+            for g, t in zip(grads, (x, weight, bias, gamma, beta))
+        ]
         return (*outs, None, None, None, None)
 
 

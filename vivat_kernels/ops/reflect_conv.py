@@ -102,7 +102,9 @@ class ConvGeometry:
     @functools.cached_property
     def out_size(self) -> tuple[int, int]:
         left, right, top, bottom = self.pad4
-        return (self.h + top + bottom - self.kh) // self.stride + 1, (self.w + left + right - self.kw) // self.stride + 1
+        return (self.h + top + bottom - self.kh) // self.stride + 1, (
+            self.w + left + right - self.kw
+        ) // self.stride + 1
 
     @functools.cached_property
     def library_size(self) -> tuple[int, int]:
@@ -141,8 +143,9 @@ def _source_set(size: int, out: int, k: int, s: int, before: int, after: int, co
 
 
 @functools.lru_cache(maxsize=512)
-def _position_lists(h: int, w: int, kh: int, kw: int, stride: int, pad4: tuple[int, int, int, int],
-                    cover: tuple[int, int], device: str) -> tuple[Tensor, Tensor]:
+def _position_lists(
+    h: int, w: int, kh: int, kw: int, stride: int, pad4: tuple[int, int, int, int], cover: tuple[int, int], device: str
+) -> tuple[Tensor, Tensor]:
     """int32 (P, 2) lists: border outputs (row, col) and mirrored/uncovered input sources.
 
     Rows that need it are listed in full, then the remaining columns column by column, so a tile
@@ -242,8 +245,9 @@ def _border_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, g: ConvGeometry,
     return y
 
 
-def _border_bwd(dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry, backend: str,
-                need_dx: bool, need_dw: bool) -> tuple[Tensor | None, Tensor | None]:
+def _border_bwd(
+    dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry, backend: str, need_dx: bool, need_dw: bool
+) -> tuple[Tensor | None, Tensor | None]:
     fmt = memory_format_of(x)
     (ho, wo), (hl, wl), (hc, wc) = g.out_size, g.library_size, g.cover
     left, _, top, _ = g.pad4
@@ -256,7 +260,16 @@ def _border_bwd(dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry, backend:
             dy_lib[:, :, :hc, :wc] = dy[:, :, :hc, :wc]
         with _deterministic_library(x.device):
             dx, dw, _ = torch.ops.aten.convolution_backward(
-                dy_lib, x, as_format(weight, fmt), None, [g.stride] * 2, [top, left], [1, 1], False, [0, 0], 1,
+                dy_lib,
+                x,
+                as_format(weight, fmt),
+                None,
+                [g.stride] * 2,
+                [top, left],
+                [1, 1],
+                False,
+                [0, 0],
+                1,
                 [need_dx, need_dw, False],
             )
     terms = _terms(backend)
@@ -284,24 +297,34 @@ def _unpad_sum(dxp: Tensor, g: ConvGeometry) -> Tensor:
     """Transpose of reflect padding, deterministic (``reflection_pad2d_backward`` adds with
     atomics on CUDA): the interior plus each padded row, then each padded column, in order."""
     left, right, top, bottom = g.pad4
-    rows = dxp[:, :, top:top + g.h].clone()
+    rows = dxp[:, :, top : top + g.h].clone()
     for j, i in enumerate(_reflect_index(-top, top, g.h) + _reflect_index(g.h, bottom, g.h)):
         src = j if j < top else top + g.h + (j - top)
         rows[:, :, i].add_(dxp[:, :, src])
-    dx = rows[:, :, :, left:left + g.w].clone(memory_format=memory_format_of(dxp))
+    dx = rows[:, :, :, left : left + g.w].clone(memory_format=memory_format_of(dxp))
     for j, i in enumerate(_reflect_index(-left, left, g.w) + _reflect_index(g.w, right, g.w)):
         src = j if j < left else left + g.w + (j - left)
         dx[:, :, :, i].add_(rows[:, :, :, src])
     return dx
 
 
-def _eager_bwd(dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry,
-               need_dx: bool, need_dw: bool) -> tuple[Tensor | None, Tensor | None]:
+def _eager_bwd(
+    dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry, need_dx: bool, need_dw: bool
+) -> tuple[Tensor | None, Tensor | None]:
     """The library's conv backward on the padded copy, rebuilt from x (not saved by forward)."""
     with _deterministic_library(x.device):
         xp = F.pad(x, g.pad4, mode="reflect") if any(g.pad4) else x
         dxp, dw, _ = torch.ops.aten.convolution_backward(
-            dy, xp, as_format(weight, memory_format_of(x)), None, [g.stride] * 2, [0, 0], [1, 1], False, [0, 0], 1,
+            dy,
+            xp,
+            as_format(weight, memory_format_of(x)),
+            None,
+            [g.stride] * 2,
+            [0, 0],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
             [need_dx, need_dw, False],
         )
     dx = None
@@ -317,6 +340,7 @@ def _segments(size: int, out: int, k: int, s: int, before: int, cover: int) -> l
     """Along one axis, runs of outputs [o0, o1) that are "clean" (window inside x, library value
     exact), "pad" (window reads padding; library value needs the padding's taps added) or "full"
     (the library conv does not produce them)."""
+
     def kind(o: int) -> str:
         if o >= cover:
             return "full"
@@ -424,8 +448,9 @@ def _slab_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, g: ConvGeometry) -
     return y
 
 
-def _slab_bwd(dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry,
-              need_dx: bool, need_dw: bool) -> tuple[Tensor | None, Tensor | None]:
+def _slab_bwd(
+    dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry, need_dx: bool, need_dw: bool
+) -> tuple[Tensor | None, Tensor | None]:
     fmt = memory_format_of(x)
     (ho, wo), (hl, wl), (hc, wc) = g.out_size, g.library_size, g.cover
     left, _, top, _ = g.pad4
@@ -449,7 +474,16 @@ def _slab_bwd(dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry,
         for r0, r1, c0, c1, full in _slab_regions(g):
             slab, (ridx, cidx, mask) = _slab(x, g, r0, r1, c0, c1, full)
             dslab, dw_part, _ = torch.ops.aten.convolution_backward(
-                dy[:, :, r0:r1, c0:c1], slab, w, None, [g.stride] * 2, [0, 0], [1, 1], False, [0, 0], 1,
+                dy[:, :, r0:r1, c0:c1],
+                slab,
+                w,
+                None,
+                [g.stride] * 2,
+                [0, 0],
+                [1, 1],
+                False,
+                [0, 0],
+                1,
                 [need_dx, need_dw, False],
             )
             if need_dw:
@@ -459,7 +493,7 @@ def _slab_bwd(dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry,
                     dslab = dslab * mask.to(dslab.dtype)
                 rows, rlo = _fold(dslab, 2, ridx)
                 both, clo = _fold(rows, 3, cidx)
-                dx[:, :, rlo:rlo + both.shape[2], clo:clo + both.shape[3]] += both
+                dx[:, :, rlo : rlo + both.shape[2], clo : clo + both.shape[3]] += both
     return dx, (dw.to(weight.dtype) if dw is not None else None)
 
 
@@ -471,8 +505,9 @@ def _implicit_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, g: ConvGeometr
     return tk.conv_fwd(x, weight, bias, y, g.stride, g.pad4)
 
 
-def _implicit_bwd(dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry,
-                  need_dx: bool, need_dw: bool) -> tuple[Tensor | None, Tensor | None]:
+def _implicit_bwd(
+    dy: Tensor, x: Tensor, weight: Tensor, g: ConvGeometry, need_dx: bool, need_dw: bool
+) -> tuple[Tensor | None, Tensor | None]:
     from ..triton import reflect_conv as tk
 
     dx = dw = None
@@ -570,8 +605,22 @@ def _time_cpu_rounds(candidates: dict[str, Callable[[], object]]) -> tuple[dict[
 
 
 def _decision_key(phase: str, backend: str, x: Tensor, g: ConvGeometry) -> tuple:
-    return (phase, backend, str(x.device), g.n, g.c, g.h, g.w, g.co, g.kh, g.kw, g.stride, g.pad4, str(x.dtype),
-            "cl" if memory_format_of(x) == torch.channels_last else "nchw")
+    return (
+        phase,
+        backend,
+        str(x.device),
+        g.n,
+        g.c,
+        g.h,
+        g.w,
+        g.co,
+        g.kh,
+        g.kw,
+        g.stride,
+        g.pad4,
+        str(x.dtype),
+        "cl" if memory_format_of(x) == torch.channels_last else "nchw",
+    )
 
 
 def _run_design(phase: str, backend: str, x: Tensor, g: ConvGeometry, candidates: dict[str, Callable[[], object]]):
@@ -586,8 +635,9 @@ def _run_design(phase: str, backend: str, x: Tensor, g: ConvGeometry, candidates
     forced = get_design()
     if forced != "auto":
         if forced not in candidates:
-            raise RuntimeError(f"the {forced} design cannot run on the {backend} backend "
-                               f"(it has {', '.join(candidates)})")
+            raise RuntimeError(
+                f"the {forced} design cannot run on the {backend} backend (it has {', '.join(candidates)})"
+            )
         return candidates[forced]()
     if backend == "triton" and x.device.type != "cuda":
         return candidates["border"]()
@@ -661,8 +711,9 @@ def _torch_backward(dy, x, weight, g: ConvGeometry, need_dx: bool, need_dw: bool
     return dx, dw
 
 
-def _backward(dy: Tensor, x: Tensor, weight: Tensor, stride: int, pad4: Sequence[int],
-              need_dx: bool, need_dw: bool) -> tuple[Tensor | None, Tensor | None]:
+def _backward(
+    dy: Tensor, x: Tensor, weight: Tensor, stride: int, pad4: Sequence[int], need_dx: bool, need_dw: bool
+) -> tuple[Tensor | None, Tensor | None]:
     backend, _ = selected_backend(x)
     g = _geometry(x, weight, stride, pad4)
     if backend == "torch":
@@ -725,8 +776,9 @@ def _out_shape(x, weight, stride, pad4) -> tuple[int, int, int, int]:
 
 @reflect_conv2d_fwd.register_fake
 def _(x, weight, bias, stride, pad4):
-    return torch.empty(_out_shape(x, weight, stride, pad4), dtype=x.dtype, device=x.device,
-                       memory_format=memory_format_of(x))
+    return torch.empty(
+        _out_shape(x, weight, stride, pad4), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x)
+    )
 
 
 @torch.library.custom_op("vivat::reflect_conv2d_bwd", mutates_args=())
@@ -750,9 +802,11 @@ def reflect_conv2d_bwd(
 def _(dy, x, weight, stride, pad4, mask):
     return (
         torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
-        if mask[0] else x.new_empty(0),
+        if mask[0]
+        else x.new_empty(0),
         torch.empty(weight.shape, dtype=weight.dtype, device=weight.device, memory_format=memory_format_of(weight))
-        if mask[1] else x.new_empty(0),
+        if mask[1]
+        else x.new_empty(0),
         dy.new_empty((weight.shape[0],)) if mask[2] else x.new_empty(0),
     )
 
@@ -767,8 +821,11 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, dy):
     x, weight = ctx.saved_tensors
-    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]),
-            bool(ctx.has_bias and ctx.needs_input_grad[2])]
+    mask = [
+        bool(ctx.needs_input_grad[0]),
+        bool(ctx.needs_input_grad[1]),
+        bool(ctx.has_bias and ctx.needs_input_grad[2]),
+    ]
     if not any(mask):
         return None, None, None, None, None
     dy = dy.contiguous(memory_format=memory_format_of(x))  # no copy when the layouts already agree
@@ -831,17 +888,19 @@ def _check(x, weight, bias, stride: int, pad4: tuple[int, int, int, int]) -> Non
             raise ValueError(f"bias must have shape ({co},) for weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
     check_same_device(x, weight=weight, bias=bias)
     left, right, top, bottom = pad4
-    for side, p, size, axis in (("left", left, w, "W"), ("right", right, w, "W"),
-                                ("top", top, h, "H"), ("bottom", bottom, h, "H")):
+    for side, p, size, axis in (
+        ("left", left, w, "W"),
+        ("right", right, w, "W"),
+        ("top", top, h, "H"),
+        ("bottom", bottom, h, "H"),
+    ):
         if p > size - 1:
             raise ValueError(
                 f"padding {side}={p} must be <= {axis}-1 = {size - 1} for x of shape {tuple(x.shape)}: "
                 "reflect padding mirrors at most size-1 samples"
             )
     if h + top + bottom < kh or w + left + right < kw:
-        raise ValueError(
-            f"padded input ({h + top + bottom}x{w + left + right}) is smaller than the kernel ({kh}x{kw})"
-        )
+        raise ValueError(f"padded input ({h + top + bottom}x{w + left + right}) is smaller than the kernel ({kh}x{kw})")
 
 
 def _check_dtypes(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
@@ -875,13 +934,19 @@ def reflect_conv2d(
     pad4 = _normalise_padding(padding)
     _check(x, weight, bias, stride, pad4)  # shapes, devices and kinds first: any device, meta included
     device_type = x.device.type
-    if (x.dtype != torch.float64 and torch.amp.is_autocast_available(device_type)
-            and torch.is_autocast_enabled(device_type)):
+    if (
+        x.dtype != torch.float64
+        and torch.amp.is_autocast_available(device_type)
+        and torch.is_autocast_enabled(device_type)
+    ):
         # As F.conv2d under autocast: every floating input in the autocast dtype.
         dtype = torch.get_autocast_dtype(device_type)
         x, weight, bias = (t.to(dtype) if t is not None else None for t in (x, weight, bias))
     _check_dtypes(x, weight, bias)
     x = as_format(x, memory_format_of(x))
-    weight = weight if weight.is_contiguous() or weight.is_contiguous(memory_format=torch.channels_last) \
+    weight = (
+        weight
+        if weight.is_contiguous() or weight.is_contiguous(memory_format=torch.channels_last)
         else weight.contiguous()
+    )
     return reflect_conv2d_fwd(x, weight, bias, stride, list(pad4))

@@ -25,8 +25,9 @@ def src_index(dst, scale, src_size):
 
 
 @triton.jit
-def gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-             HAS_G: tl.constexpr, HAS_BE: tl.constexpr):
+def gn_terms(
+    x, mean, rstd, w, b, gam, bet, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_G: tl.constexpr, HAS_BE: tl.constexpr
+):
     """xhat, the affine output a = xhat*w + b, and the pre-activation p = a*gamma + beta."""
     # (x - mean) first: x and mean are close, so the subtraction is (nearly) exact even when the
     # group mean is large (x = 1000 + noise); x*scale + shift would lose ~log2(1000) bits.
@@ -73,8 +74,9 @@ def dx_value(dp, p, xhat, gam, w, rstd, m1, m2, SILU: tl.constexpr, HAS_G: tl.co
 
 
 @triton.jit
-def merge_partials(pmean_ptr, pm2_ptr, grp, S, PCH, NPIX, CPG,
-                   BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr):
+def merge_partials(
+    pmean_ptr, pm2_ptr, grp, S, PCH, NPIX, CPG, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr
+):
     """Mean offset and variance of the groups ``grp`` (BLOCK_G group indices, -1 = none) from their S
     chunk partials, Chan's formula in a fixed order (so every program that merges a group gets
     the same bits): d = sum(n_s m_s) / n, var = sum(M2_s + n_s (m_s - d)^2) / n.

@@ -187,18 +187,53 @@ class _FwdPlan(NamedTuple):
 
 
 def _flags(weight, bias, gamma, beta, silu, load_beta=True) -> dict:
-    return {"HAS_W": weight is not None, "HAS_B": bias is not None, "HAS_G": gamma is not None,
-            "HAS_BE": beta is not None and load_beta, "SILU": bool(silu)}
+    return {
+        "HAS_W": weight is not None,
+        "HAS_B": bias is not None,
+        "HAS_G": gamma is not None,
+        "HAS_BE": beta is not None and load_beta,
+        "SILU": bool(silu),
+    }
 
 
-def _apply_launch(x: Tensor, G: int, flags: dict, geo: dict, *, bwd: bool, merge: bool, S: int = 1,
-                  PCH: int = 1, PART_OFF: int = 0, eps: tuple[float, float] = (0.0, 0.0)) -> _Launch:
+def _apply_launch(
+    x: Tensor,
+    G: int,
+    flags: dict,
+    geo: dict,
+    *,
+    bwd: bool,
+    merge: bool,
+    S: int = 1,
+    PCH: int = 1,
+    PART_OFF: int = 0,
+    eps: tuple[float, float] = (0.0, 0.0),
+) -> _Launch:
     N, C, H, W = x.shape
     cl = _is_channels_last(x)
     tile = max(16, _TUNE["tile_bytes"] // x.element_size())
     sxn, sxc, sxh, sxw = x.stride()
-    kw = dict(C=C, G=G, CPG=C // G, H=H, W=W, S=S, PCH=PCH, PART_OFF=PART_OFF, eps_hi=eps[0], eps_lo=eps[1],
-              sxn=sxn, sxc=sxc, sxh=sxh, sxw=sxw, **geo, **flags, BWD=bwd, MERGE=merge, ACC=_acc_types(x)[1])
+    kw = dict(
+        C=C,
+        G=G,
+        CPG=C // G,
+        H=H,
+        W=W,
+        S=S,
+        PCH=PCH,
+        PART_OFF=PART_OFF,
+        eps_hi=eps[0],
+        eps_lo=eps[1],
+        sxn=sxn,
+        sxc=sxc,
+        sxh=sxh,
+        sxw=sxw,
+        **geo,
+        **flags,
+        BWD=bwd,
+        MERGE=merge,
+        ACC=_acc_types(x)[1],
+    )
     if not cl:
         BLOCK_W = min(_np2(W), max(tile, 16))
         BLOCK_H = max(1, min(_np2(H), tile // BLOCK_W))
@@ -206,8 +241,12 @@ def _apply_launch(x: Tensor, G: int, flags: dict, geo: dict, *, bwd: bool, merge
         return _Launch(kf.gn_apply_nchw_kernel, (N * C, _cdiv(H, BLOCK_H), _cdiv(W, BLOCK_W)), kw)
     BLOCK_C = min(_np2(C), 128, max(tile, 1))
     BLOCK_W = max(1, min(_np2(W), tile // BLOCK_C))
-    kw.update(BLOCK_S=max(1, min(_np2(S), 2048 // BLOCK_C)), BLOCK_W=BLOCK_W, BLOCK_C=BLOCK_C,
-              num_warps=_warps(BLOCK_W * BLOCK_C))
+    kw.update(
+        BLOCK_S=max(1, min(_np2(S), 2048 // BLOCK_C)),
+        BLOCK_W=BLOCK_W,
+        BLOCK_C=BLOCK_C,
+        num_warps=_warps(BLOCK_W * BLOCK_C),
+    )
     return _Launch(kf.gn_apply_cl_kernel, (N * H, _cdiv(W, BLOCK_W), _cdiv(C, BLOCK_C)), kw)
 
 
@@ -237,10 +276,24 @@ def _fwd_plan(x, weight, bias, gamma, beta, G, eps, silu) -> _FwdPlan:
     design, one_tile = _fwd_design(x, G, BLOCK_C)
     if design == "group":
         BLOCK_P = _np2(HW) if one_tile else max(1, min(_np2(HW), tile // BLOCK_C))
-        kw = dict(G=G, CPG=CPG, HW=HW, W=W, sxn=x.stride(0), sxc=sxc, sxp=sxp, eps_hi=eps_parts[0],
-                  eps_lo=eps_parts[1], **geo, **flags, ONE_TILE=one_tile, BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P,
-                  ACC=ACC, num_warps=max(1, min(16, BLOCK_C * BLOCK_P // 512)) if one_tile
-                  else _warps(BLOCK_C * BLOCK_P))
+        kw = dict(
+            G=G,
+            CPG=CPG,
+            HW=HW,
+            W=W,
+            sxn=x.stride(0),
+            sxc=sxc,
+            sxp=sxp,
+            eps_hi=eps_parts[0],
+            eps_lo=eps_parts[1],
+            **geo,
+            **flags,
+            ONE_TILE=one_tile,
+            BLOCK_C=BLOCK_C,
+            BLOCK_P=BLOCK_P,
+            ACC=ACC,
+            num_warps=max(1, min(16, BLOCK_C * BLOCK_P // 512)) if one_tile else _warps(BLOCK_C * BLOCK_P),
+        )
         return _FwdPlan((_Launch(kf.gn_group_kernel, (N * G,), kw),), (N, G), acc_t, 0)
     BLOCK_P = max(1, min(_np2(HW), tile // BLOCK_C))
     target = _sm_count(x.device) * _TUNE["programs_per_sm"]
@@ -248,10 +301,25 @@ def _fwd_plan(x, weight, bias, gamma, beta, G, eps, silu) -> _FwdPlan:
     PCH = _cdiv(_cdiv(HW, S), BLOCK_P) * BLOCK_P
     S = _cdiv(HW, PCH)
     part_off = N * G * S
-    stats = _Launch(kf.gn_stats_kernel, (N * G, S),
-                    {"PART_OFF": part_off, "G": G, "CPG": CPG, "HW": HW, "PCH": PCH, "S": S, "sxn": x.stride(0),
-                     "sxc": sxc, "sxp": sxp, "BLOCK_C": BLOCK_C, "BLOCK_P": BLOCK_P, "ACC": ACC,
-                     "num_warps": _warps(BLOCK_C * BLOCK_P)})
+    stats = _Launch(
+        kf.gn_stats_kernel,
+        (N * G, S),
+        {
+            "PART_OFF": part_off,
+            "G": G,
+            "CPG": CPG,
+            "HW": HW,
+            "PCH": PCH,
+            "S": S,
+            "sxn": x.stride(0),
+            "sxc": sxc,
+            "sxp": sxp,
+            "BLOCK_C": BLOCK_C,
+            "BLOCK_P": BLOCK_P,
+            "ACC": ACC,
+            "num_warps": _warps(BLOCK_C * BLOCK_P),
+        },
+    )
     apply = _apply_launch(x, G, flags, geo, bwd=False, merge=True, S=S, PCH=PCH, PART_OFF=part_off, eps=eps_parts)
     return _FwdPlan((stats, apply), (N, G), acc_t, 2 * part_off)
 
@@ -268,8 +336,20 @@ def group_norm_fwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Forward: ``(y, mean, rstd)``; y = empty_like(x) (x's layout), mean/rstd (N, G) fp32 (fp64
     for fp64 x). One launch (per-group design) or two (split design)."""
-    key = (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16, _tkey(weight), _tkey(bias), _tkey(gamma),
-           _tkey(beta), num_groups, eps, silu)
+    key = (
+        x.shape,
+        x.stride(),
+        x.dtype,
+        x.device,
+        x.data_ptr() % 16,
+        _tkey(weight),
+        _tkey(bias),
+        _tkey(gamma),
+        _tkey(beta),
+        num_groups,
+        eps,
+        silu,
+    )
     plan = _FWD_PLANS.get(key)
     if plan is None:
         _check_layout(x, num_groups)
@@ -278,13 +358,35 @@ def group_norm_fwd(
     mean = torch.empty(plan.stats_shape, dtype=plan.acc, device=x.device)
     rstd = torch.empty(plan.stats_shape, dtype=plan.acc, device=x.device)
     if len(plan.launches) == 1:
-        _run(plan.launches[0], x_ptr=x, y_ptr=y, w_ptr=weight, b_ptr=bias, g_ptr=gamma, be_ptr=beta,
-             mean_ptr=mean, rstd_ptr=rstd)
+        _run(
+            plan.launches[0],
+            x_ptr=x,
+            y_ptr=y,
+            w_ptr=weight,
+            b_ptr=bias,
+            g_ptr=gamma,
+            be_ptr=beta,
+            mean_ptr=mean,
+            rstd_ptr=rstd,
+        )
     else:
         part = torch.empty(plan.part_numel, dtype=plan.acc, device=x.device)
         _run(plan.launches[0], x_ptr=x, part_ptr=part)
-        _run(plan.launches[1], x_ptr=x, dy_ptr=None, out_ptr=y, w_ptr=weight, b_ptr=bias, g_ptr=gamma, be_ptr=beta,
-             mean_ptr=mean, rstd_ptr=rstd, m1_ptr=None, m2_ptr=None, part_ptr=part)
+        _run(
+            plan.launches[1],
+            x_ptr=x,
+            dy_ptr=None,
+            out_ptr=y,
+            w_ptr=weight,
+            b_ptr=bias,
+            g_ptr=gamma,
+            be_ptr=beta,
+            mean_ptr=mean,
+            rstd_ptr=rstd,
+            m1_ptr=None,
+            m2_ptr=None,
+            part_ptr=part,
+        )
     return y, mean, rstd
 
 
@@ -296,18 +398,42 @@ def _reduce_rows(lowres: tuple[int, int] | None, H: int, W: int, rows_target: in
     if lowres is None or tuple(lowres) == (H, W):
         mode = BLOCKSUM_NONE.value if lowres is None else BLOCKSUM_FULL.value
         rb = max(1, min(H, rows_target))
-        return {"mode": mode, "row_tab": _row_blocks(H, rb, device), "cells_h": _cdiv(H, rb), "KS": 1,
-                "L_ROWS": rb, "col_tab": None, "cells_w": 0, "max_cw": 1}
+        return {
+            "mode": mode,
+            "row_tab": _row_blocks(H, rb, device),
+            "cells_h": _cdiv(H, rb),
+            "KS": 1,
+            "L_ROWS": rb,
+            "col_tab": None,
+            "cells_w": 0,
+            "max_cw": 1,
+        }
     h, w = lowres
     row_tab, max_rows = _cell_starts(h, H, device)
     KS = max(1, _cdiv(max_rows, rows_target))
     L_ROWS = _cdiv(max_rows, KS)
     if w == W:
-        return {"mode": BLOCKSUM_ROWS.value, "row_tab": row_tab, "cells_h": h, "KS": KS, "L_ROWS": L_ROWS,
-                "col_tab": None, "cells_w": W, "max_cw": 1}
+        return {
+            "mode": BLOCKSUM_ROWS.value,
+            "row_tab": row_tab,
+            "cells_h": h,
+            "KS": KS,
+            "L_ROWS": L_ROWS,
+            "col_tab": None,
+            "cells_w": W,
+            "max_cw": 1,
+        }
     col_tab, max_cw = _cell_starts(w, W, device)
-    return {"mode": BLOCKSUM_CELLS.value, "row_tab": row_tab, "cells_h": h, "KS": KS, "L_ROWS": L_ROWS,
-            "col_tab": col_tab, "cells_w": w, "max_cw": max_cw}
+    return {
+        "mode": BLOCKSUM_CELLS.value,
+        "row_tab": row_tab,
+        "cells_h": h,
+        "KS": KS,
+        "L_ROWS": L_ROWS,
+        "col_tab": col_tab,
+        "cells_w": w,
+        "max_cw": max_cw,
+    }
 
 
 def _piece_strides(t: Tensor, KS: int) -> tuple[tuple, tuple]:
@@ -329,8 +455,9 @@ class _BwdPlan(NamedTuple):
     pieces: tuple  # (dgamma piece buffer shape or None, dbeta piece buffer shape or None)
 
 
-def _reduce_launch(x, gamma, beta, weight, bias, G, silu, plan, stats, want_dg, want_db, og, ob, P_OFF,
-                   p_strides) -> _Launch:
+def _reduce_launch(
+    x, gamma, beta, weight, bias, G, silu, plan, stats, want_dg, want_db, og, ob, P_OFF, p_strides
+) -> _Launch:
     N, C, H, W = x.shape
     cl = _is_channels_last(x)
     mode = plan["mode"]
@@ -339,12 +466,44 @@ def _reduce_launch(x, gamma, beta, weight, bias, G, silu, plan, stats, want_dg, 
     geo = {**_lowres_geometry("g", gamma, H, W), **_lowres_geometry("b", beta if load_beta else None, H, W)}
     K = plan["cells_h"] * plan["KS"]
     sxn, sxc, sxh, sxw = x.stride()
-    kw = dict(C=C, G=G, CPG=C // G, H=H, W=W, sxn=sxn, sxc=sxc, sxh=sxh, sxw=sxw,
-              sdn=sxn, sdc=sxc, sdh=sxh, sdw=sxw, **geo, KS=plan["KS"], L_ROWS=plan["L_ROWS"], P_OFF=P_OFF,
-              p_sn=p_strides[0], p_sc=p_strides[1], p_sk=p_strides[2],
-              ogn=og[0], ogc=og[1], ogi=og[2], ogk=og[3], ogj=og[4], obn=ob[0], obc=ob[1], obi=ob[2], obk=ob[3],
-              obj=ob[4], MODE=mode, STATS=stats, WANT_DG=want_dg, WANT_DB=want_db,
-              **_flags(weight, bias, gamma, beta, silu, load_beta), ACC=_acc_types(x)[1])
+    kw = dict(
+        C=C,
+        G=G,
+        CPG=C // G,
+        H=H,
+        W=W,
+        sxn=sxn,
+        sxc=sxc,
+        sxh=sxh,
+        sxw=sxw,
+        sdn=sxn,
+        sdc=sxc,
+        sdh=sxh,
+        sdw=sxw,
+        **geo,
+        KS=plan["KS"],
+        L_ROWS=plan["L_ROWS"],
+        P_OFF=P_OFF,
+        p_sn=p_strides[0],
+        p_sc=p_strides[1],
+        p_sk=p_strides[2],
+        ogn=og[0],
+        ogc=og[1],
+        ogi=og[2],
+        ogk=og[3],
+        ogj=og[4],
+        obn=ob[0],
+        obc=ob[1],
+        obi=ob[2],
+        obk=ob[3],
+        obj=ob[4],
+        MODE=mode,
+        STATS=stats,
+        WANT_DG=want_dg,
+        WANT_DB=want_db,
+        **_flags(weight, bias, gamma, beta, silu, load_beta),
+        ACC=_acc_types(x)[1],
+    )
     if not cl:
         if mode == BLOCKSUM_CELLS.value:
             # up to CPB low-res columns per sub-block, their high-res columns spanning at most
@@ -358,8 +517,14 @@ def _reduce_launch(x, gamma, beta, weight, bias, G, silu, plan, stats, want_dg, 
             BLOCK_W = min(_np2(W), 256)
             nunits = _cdiv(W, BLOCK_W)
         BLOCK_H = max(1, min(_np2(plan["L_ROWS"]), tile_r // BLOCK_W))
-        kw.update(NUNITS=nunits, W_CELLS=plan["cells_w"], CPB=CPB, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W,
-                  num_warps=_warps_reduce(BLOCK_H * BLOCK_W))
+        kw.update(
+            NUNITS=nunits,
+            W_CELLS=plan["cells_w"],
+            CPB=CPB,
+            BLOCK_H=BLOCK_H,
+            BLOCK_W=BLOCK_W,
+            num_warps=_warps_reduce(BLOCK_H * BLOCK_W),
+        )
         return _Launch(kb.gn_reduce_nchw_kernel, (N * C, K), kw)
     BLOCK_C = min(_np2(C), _TUNE["max_block_c"])
     if mode == BLOCKSUM_CELLS.value:
@@ -373,8 +538,15 @@ def _reduce_launch(x, gamma, beta, weight, bias, G, silu, plan, stats, want_dg, 
         unit_cols = BLOCK_W
     upp = min(max(1, _TUNE["program_elems"] // (plan["L_ROWS"] * unit_cols * BLOCK_C)), nunits)
     NJB = _cdiv(nunits, upp)
-    kw.update(K=K, NUNITS=nunits, UPP=upp, NJB=NJB, BLOCK_W=BLOCK_W, BLOCK_C=BLOCK_C,
-              num_warps=_warps_reduce(BLOCK_W * BLOCK_C))
+    kw.update(
+        K=K,
+        NUNITS=nunits,
+        UPP=upp,
+        NJB=NJB,
+        BLOCK_W=BLOCK_W,
+        BLOCK_C=BLOCK_C,
+        num_warps=_warps_reduce(BLOCK_W * BLOCK_C),
+    )
     return _Launch(kb.gn_reduce_cl_kernel, (N * K, NJB, _cdiv(C, BLOCK_C)), kw)
 
 
@@ -438,8 +610,9 @@ def _bwd_plan(x, weight, bias, gamma, beta, G, eps, silu, want) -> _BwdPlan:
             fin_rows = (plan["cells_h"], (gamma if wg else beta).shape[-1], plan["KS"], og, ob)
         if st:
             KP, p_strides, part_numel = _partials_geometry(x, plan)
-        launch = _reduce_launch(x, gamma, beta, weight, bias, G, silu, plan, st, wg, wb, og, ob, part_numel,
-                                p_strides if st else (0, 0, 0))
+        launch = _reduce_launch(
+            x, gamma, beta, weight, bias, G, silu, plan, st, wg, wb, og, ob, part_numel, p_strides if st else (0, 0, 0)
+        )
         col_tab = plan["col_tab"] if plan["col_tab"] is not None else plan["row_tab"]
         reduces.append((launch, wg, wb, split, plan["row_tab"], col_tab))
 
@@ -455,19 +628,56 @@ def _bwd_plan(x, weight, bias, gamma, beta, G, eps, silu, want) -> _BwdPlan:
             og_out = gamma.stride()
         if fin_rows is not None and want_dbe and pieces[1] is not None:
             ob_out = beta.stride()
-        finalize = _Launch(kb.gn_bwd_finalize_kernel, (ng_progs + ncb_progs + row_progs,), {
-            "P_OFF": part_numel, "N": N, "C": C, "CPG": C // G, "KP": KP,
-            "p_sn": p_strides[0], "p_sc": p_strides[1], "p_sk": p_strides[2],
-            "inv_cnt": 1.0 / float(C // G * H * W), "NG_PROGS": ng_progs, "NCB_PROGS": ncb_progs,
-            "LOWH": lowh, "LOWW": loww, "KS": KS,
-            "pgn": og[0], "pgc": og[1], "pgi": og[2], "pgk": og[3], "pgj": og[4],
-            "ogn": og_out[0], "ogc": og_out[1], "ogi": og_out[2], "ogj": og_out[3],
-            "pbn": ob[0], "pbc": ob[1], "pbi": ob[2], "pbk": ob[3], "pbj": ob[4],
-            "obn": ob_out[0], "obc": ob_out[1], "obi": ob_out[2], "obj": ob_out[3],
-            "WANT_M": want_dx, "WANT_DW": want_dw, "WANT_DB": want_db, "HAS_W": weight is not None,
-            "SUM_DG": pieces[0] is not None, "SUM_DBE": pieces[1] is not None,
-            "BLOCK_J": _np2(C // G), "BLOCK_K": max(_np2(min(KP, 64)), _np2(KS)), "BLOCK_CF": BLOCK_CF,
-            "BLOCK_LW": max(1, min(_np2(loww), 1024 // _np2(KS))), "ACC": ACC, "num_warps": 1})
+        finalize = _Launch(
+            kb.gn_bwd_finalize_kernel,
+            (ng_progs + ncb_progs + row_progs,),
+            {
+                "P_OFF": part_numel,
+                "N": N,
+                "C": C,
+                "CPG": C // G,
+                "KP": KP,
+                "p_sn": p_strides[0],
+                "p_sc": p_strides[1],
+                "p_sk": p_strides[2],
+                "inv_cnt": 1.0 / float(C // G * H * W),
+                "NG_PROGS": ng_progs,
+                "NCB_PROGS": ncb_progs,
+                "LOWH": lowh,
+                "LOWW": loww,
+                "KS": KS,
+                "pgn": og[0],
+                "pgc": og[1],
+                "pgi": og[2],
+                "pgk": og[3],
+                "pgj": og[4],
+                "ogn": og_out[0],
+                "ogc": og_out[1],
+                "ogi": og_out[2],
+                "ogj": og_out[3],
+                "pbn": ob[0],
+                "pbc": ob[1],
+                "pbi": ob[2],
+                "pbk": ob[3],
+                "pbj": ob[4],
+                "obn": ob_out[0],
+                "obc": ob_out[1],
+                "obi": ob_out[2],
+                "obj": ob_out[3],
+                "WANT_M": want_dx,
+                "WANT_DW": want_dw,
+                "WANT_DB": want_db,
+                "HAS_W": weight is not None,
+                "SUM_DG": pieces[0] is not None,
+                "SUM_DBE": pieces[1] is not None,
+                "BLOCK_J": _np2(C // G),
+                "BLOCK_K": max(_np2(min(KP, 64)), _np2(KS)),
+                "BLOCK_CF": BLOCK_CF,
+                "BLOCK_LW": max(1, min(_np2(loww), 1024 // _np2(KS))),
+                "ACC": ACC,
+                "num_warps": 1,
+            },
+        )
     apply = None
     if want_dx:
         flags = _flags(weight, bias, gamma, beta, silu, load_beta=silu)
@@ -493,10 +703,28 @@ def group_norm_bwd(
     """Backward: ``(dx, dweight, dbias, dgamma, dbeta)``, each None unless wanted by ``mask`` and
     its input exists. dy must have x's layout. dx like x; dweight/dbias and dgamma/dbeta in their
     input's dtype and layout, dgamma/dbeta at their own (low) resolution. At most 3 launches."""
-    want = (bool(mask[0]), bool(mask[1]) and weight is not None, bool(mask[2]) and bias is not None,
-            bool(mask[3]) and gamma is not None, bool(mask[4]) and beta is not None)
-    key = (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16, dy.stride(), _tkey(weight), _tkey(bias),
-           _tkey(gamma), _tkey(beta), num_groups, silu, want)
+    want = (
+        bool(mask[0]),
+        bool(mask[1]) and weight is not None,
+        bool(mask[2]) and bias is not None,
+        bool(mask[3]) and gamma is not None,
+        bool(mask[4]) and beta is not None,
+    )
+    key = (
+        x.shape,
+        x.stride(),
+        x.dtype,
+        x.device,
+        x.data_ptr() % 16,
+        dy.stride(),
+        _tkey(weight),
+        _tkey(bias),
+        _tkey(gamma),
+        _tkey(beta),
+        num_groups,
+        silu,
+        want,
+    )
     plan = _BWD_PLANS.get(key)
     if plan is None:
         _check_layout(x, num_groups)
@@ -511,11 +739,22 @@ def group_norm_bwd(
     dg_pieces = torch.empty(plan.pieces[0], dtype=plan.acc, device=dev) if plan.pieces[0] is not None else None
     db_pieces = torch.empty(plan.pieces[1], dtype=plan.acc, device=dev) if plan.pieces[1] is not None else None
     for launch, wg, wb, split, row_tab, col_tab in plan.reduces:
-        _run(launch, x_ptr=x, dy_ptr=dy, w_ptr=weight, b_ptr=bias, g_ptr=gamma, be_ptr=beta if silu else None,
-             mean_ptr=mean, rstd_ptr=rstd, p_ptr=part if launch.kw["STATS"] else None,
-             dg_ptr=(dg_pieces if split else dgamma) if wg else None,
-             db_ptr=(db_pieces if split else dbeta) if wb else None,
-             row_tab=row_tab, col_tab=col_tab)
+        _run(
+            launch,
+            x_ptr=x,
+            dy_ptr=dy,
+            w_ptr=weight,
+            b_ptr=bias,
+            g_ptr=gamma,
+            be_ptr=beta if silu else None,
+            mean_ptr=mean,
+            rstd_ptr=rstd,
+            p_ptr=part if launch.kw["STATS"] else None,
+            dg_ptr=(dg_pieces if split else dgamma) if wg else None,
+            db_ptr=(db_pieces if split else dbeta) if wb else None,
+            row_tab=row_tab,
+            col_tab=col_tab,
+        )
     dweight = torch.empty_like(weight) if want_dw else None
     dbias = torch.empty_like(bias) if want_db else None
     m1 = m2 = None
@@ -523,12 +762,35 @@ def group_norm_bwd(
         m1 = torch.empty(plan.stats_numel, dtype=plan.acc, device=dev)
         m2 = torch.empty(plan.stats_numel, dtype=plan.acc, device=dev)
     if plan.finalize is not None:
-        _run(plan.finalize, p_ptr=part, w_ptr=weight, m1_ptr=m1, m2_ptr=m2, dw_ptr=dweight, db_ptr=dbias,
-             dgp_ptr=dg_pieces, dbp_ptr=db_pieces, dg_ptr=dgamma if dg_pieces is not None else None,
-             dbe_ptr=dbeta if db_pieces is not None else None)
+        _run(
+            plan.finalize,
+            p_ptr=part,
+            w_ptr=weight,
+            m1_ptr=m1,
+            m2_ptr=m2,
+            dw_ptr=dweight,
+            db_ptr=dbias,
+            dgp_ptr=dg_pieces,
+            dbp_ptr=db_pieces,
+            dg_ptr=dgamma if dg_pieces is not None else None,
+            dbe_ptr=dbeta if db_pieces is not None else None,
+        )
     dx = None
     if want_dx:
         dx = torch.empty_like(x)
-        _run(plan.apply, x_ptr=x, dy_ptr=dy, out_ptr=dx, w_ptr=weight, b_ptr=bias, g_ptr=gamma,
-             be_ptr=beta if silu else None, mean_ptr=mean, rstd_ptr=rstd, m1_ptr=m1, m2_ptr=m2, part_ptr=None)
+        _run(
+            plan.apply,
+            x_ptr=x,
+            dy_ptr=dy,
+            out_ptr=dx,
+            w_ptr=weight,
+            b_ptr=bias,
+            g_ptr=gamma,
+            be_ptr=beta if silu else None,
+            mean_ptr=mean,
+            rstd_ptr=rstd,
+            m1_ptr=m1,
+            m2_ptr=m2,
+            part_ptr=None,
+        )
     return dx, dweight, dbias, dgamma, dbeta

@@ -24,19 +24,79 @@ from ._gn_jit import BLOCKSUM_CELLS, BLOCKSUM_FULL, BLOCKSUM_ROWS, gn_terms, sil
 
 @triton.jit
 def gn_reduce_nchw_kernel(
-    x_ptr, dy_ptr, w_ptr, b_ptr, g_ptr, be_ptr, mean_ptr, rstd_ptr,
-    p_ptr, P_OFF, dg_ptr, db_ptr, row_tab, col_tab,
-    C, G, CPG, H, W,
-    sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
-    gh, gw, g_scale_h, g_scale_w, sgn, sgc, sgh, sgw,
-    bh, bw, b_scale_h, b_scale_w, sbn, sbc, sbh, sbw,
-    KS, L_ROWS, NUNITS, W_CELLS,
-    p_sn, p_sc, p_sk,
-    ogn, ogc, ogi, ogk, ogj, obn, obc, obi, obk, obj,
-    MODE: tl.constexpr, STATS: tl.constexpr, WANT_DG: tl.constexpr, WANT_DB: tl.constexpr,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_G: tl.constexpr, HAS_BE: tl.constexpr,
-    SILU: tl.constexpr, CPB: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, ACC: tl.constexpr,
+    x_ptr,
+    dy_ptr,
+    w_ptr,
+    b_ptr,
+    g_ptr,
+    be_ptr,
+    mean_ptr,
+    rstd_ptr,
+    p_ptr,
+    P_OFF,
+    dg_ptr,
+    db_ptr,
+    row_tab,
+    col_tab,
+    C,
+    G,
+    CPG,
+    H,
+    W,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    sdn,
+    sdc,
+    sdh,
+    sdw,
+    gh,
+    gw,
+    g_scale_h,
+    g_scale_w,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    bh,
+    bw,
+    b_scale_h,
+    b_scale_w,
+    sbn,
+    sbc,
+    sbh,
+    sbw,
+    KS,
+    L_ROWS,
+    NUNITS,
+    W_CELLS,
+    p_sn,
+    p_sc,
+    p_sk,
+    ogn,
+    ogc,
+    ogi,
+    ogk,
+    ogj,
+    obn,
+    obc,
+    obi,
+    obk,
+    obj,
+    MODE: tl.constexpr,
+    STATS: tl.constexpr,
+    WANT_DG: tl.constexpr,
+    WANT_DB: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_G: tl.constexpr,
+    HAS_BE: tl.constexpr,
+    SILU: tl.constexpr,
+    CPB: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     """NCHW backward reduction over one (n, c) plane's row range.
 
@@ -134,11 +194,15 @@ def gn_reduce_nchw_kernel(
                     acc2 += tl.where(m, da * xhat, 0.0)
                 if MODE == BLOCKSUM_FULL:
                     if WANT_DG:
-                        tl.store(dgb + rows[:, None] * ogi + cols[None, :] * ogj,
-                                 (dp * a).to(dg_ptr.dtype.element_ty), mask=m)
+                        tl.store(
+                            dgb + rows[:, None] * ogi + cols[None, :] * ogj,
+                            (dp * a).to(dg_ptr.dtype.element_ty),
+                            mask=m,
+                        )
                     if WANT_DB:
-                        tl.store(dbb + rows[:, None] * obi + cols[None, :] * obj,
-                                 dp.to(db_ptr.dtype.element_ty), mask=m)
+                        tl.store(
+                            dbb + rows[:, None] * obi + cols[None, :] * obj, dp.to(db_ptr.dtype.element_ty), mask=m
+                        )
                 if MODE >= BLOCKSUM_CELLS:
                     if WANT_DG:
                         accg += tl.where(m, dp * a, 0.0)
@@ -147,11 +211,15 @@ def gn_reduce_nchw_kernel(
         if MODE == BLOCKSUM_CELLS:
             if CPB == 1:
                 if WANT_DG:
-                    tl.store(dgb + i * ogi + ks * ogk + j0 * ogj,
-                             tl.sum(tl.sum(accg, axis=1), axis=0).to(dg_ptr.dtype.element_ty))
+                    tl.store(
+                        dgb + i * ogi + ks * ogk + j0 * ogj,
+                        tl.sum(tl.sum(accg, axis=1), axis=0).to(dg_ptr.dtype.element_ty),
+                    )
                 if WANT_DB:
-                    tl.store(dbb + i * obi + ks * obk + j0 * obj,
-                             tl.sum(tl.sum(accb, axis=1), axis=0).to(db_ptr.dtype.element_ty))
+                    tl.store(
+                        dbb + i * obi + ks * obk + j0 * obj,
+                        tl.sum(tl.sum(accb, axis=1), axis=0).to(db_ptr.dtype.element_ty),
+                    )
             else:
                 # CPB low-res columns share one BLOCK_W-wide sub-block (a single pass above):
                 # segment-sum the column sums with a [CPB, BLOCK_W] membership mask
@@ -173,11 +241,13 @@ def gn_reduce_nchw_kernel(
             cols = cs + wc
             cm = cols < ce
             if WANT_DG:
-                tl.store(dgb + i * ogi + ks * ogk + cols * ogj,
-                         tl.sum(accg, axis=0).to(dg_ptr.dtype.element_ty), mask=cm)
+                tl.store(
+                    dgb + i * ogi + ks * ogk + cols * ogj, tl.sum(accg, axis=0).to(dg_ptr.dtype.element_ty), mask=cm
+                )
             if WANT_DB:
-                tl.store(dbb + i * obi + ks * obk + cols * obj,
-                         tl.sum(accb, axis=0).to(db_ptr.dtype.element_ty), mask=cm)
+                tl.store(
+                    dbb + i * obi + ks * obk + cols * obj, tl.sum(accb, axis=0).to(db_ptr.dtype.element_ty), mask=cm
+                )
     if STATS:
         po = n64 * p_sn + c64 * p_sc + k * p_sk
         tl.store(p_ptr + po, tl.sum(tl.sum(acc1, axis=1), axis=0))
@@ -186,19 +256,80 @@ def gn_reduce_nchw_kernel(
 
 @triton.jit
 def gn_reduce_cl_kernel(
-    x_ptr, dy_ptr, w_ptr, b_ptr, g_ptr, be_ptr, mean_ptr, rstd_ptr,
-    p_ptr, P_OFF, dg_ptr, db_ptr, row_tab, col_tab,
-    C, G, CPG, H, W,
-    sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
-    gh, gw, g_scale_h, g_scale_w, sgn, sgc, sgh, sgw,
-    bh, bw, b_scale_h, b_scale_w, sbn, sbc, sbh, sbw,
-    K, KS, L_ROWS, NUNITS, UPP, NJB,
-    p_sn, p_sc, p_sk,
-    ogn, ogc, ogi, ogk, ogj, obn, obc, obi, obk, obj,
-    MODE: tl.constexpr, STATS: tl.constexpr, WANT_DG: tl.constexpr, WANT_DB: tl.constexpr,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_G: tl.constexpr, HAS_BE: tl.constexpr,
+    x_ptr,
+    dy_ptr,
+    w_ptr,
+    b_ptr,
+    g_ptr,
+    be_ptr,
+    mean_ptr,
+    rstd_ptr,
+    p_ptr,
+    P_OFF,
+    dg_ptr,
+    db_ptr,
+    row_tab,
+    col_tab,
+    C,
+    G,
+    CPG,
+    H,
+    W,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    sdn,
+    sdc,
+    sdh,
+    sdw,
+    gh,
+    gw,
+    g_scale_h,
+    g_scale_w,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    bh,
+    bw,
+    b_scale_h,
+    b_scale_w,
+    sbn,
+    sbc,
+    sbh,
+    sbw,
+    K,
+    KS,
+    L_ROWS,
+    NUNITS,
+    UPP,
+    NJB,
+    p_sn,
+    p_sc,
+    p_sk,
+    ogn,
+    ogc,
+    ogi,
+    ogk,
+    ogj,
+    obn,
+    obc,
+    obi,
+    obk,
+    obj,
+    MODE: tl.constexpr,
+    STATS: tl.constexpr,
+    WANT_DG: tl.constexpr,
+    WANT_DB: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_G: tl.constexpr,
+    HAS_BE: tl.constexpr,
     SILU: tl.constexpr,
-    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     """channels_last backward reduction over a row range x a run of column units x channels.
 
@@ -270,20 +401,16 @@ def gn_reduce_cl_kernel(
             sc_b = src_index(cols, b_scale_w, bw)
             for r in range(r0, r1):
                 r64 = tl.cast(r, tl.int64)
-                x = tl.load(xb + r64 * sxh + cols[:, None] * sxw + chans[None, :] * sxc,
-                            mask=m, other=0.0).to(ACC)
-                dp = tl.load(db_ + r64 * sdh + cols[:, None] * sdw + chans[None, :] * sdc,
-                             mask=m, other=0.0).to(ACC)
+                x = tl.load(xb + r64 * sxh + cols[:, None] * sxw + chans[None, :] * sxc, mask=m, other=0.0).to(ACC)
+                dp = tl.load(db_ + r64 * sdh + cols[:, None] * sdw + chans[None, :] * sdc, mask=m, other=0.0).to(ACC)
                 gam = 1.0
                 bet = 0.0
                 if HAS_G:
                     sr = src_index(r, g_scale_h, gh).to(tl.int64)
-                    gam = tl.load(gb + sr * sgh + sc_g[:, None] * sgw + chans[None, :] * sgc,
-                                  mask=m, other=0.0).to(ACC)
+                    gam = tl.load(gb + sr * sgh + sc_g[:, None] * sgw + chans[None, :] * sgc, mask=m, other=0.0).to(ACC)
                 if HAS_BE:
                     sr = src_index(r, b_scale_h, bh).to(tl.int64)
-                    bet = tl.load(bb + sr * sbh + sc_b[:, None] * sbw + chans[None, :] * sbc,
-                                  mask=m, other=0.0).to(ACC)
+                    bet = tl.load(bb + sr * sbh + sc_b[:, None] * sbw + chans[None, :] * sbc, mask=m, other=0.0).to(ACC)
                 xhat, a, p = gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
                 if SILU:
                     dp = dp * silu_grad(p)
@@ -296,11 +423,17 @@ def gn_reduce_cl_kernel(
                     acc2 += tl.where(m, da * xhat, 0.0)
                 if MODE == BLOCKSUM_FULL:
                     if WANT_DG:
-                        tl.store(dgb + r64 * ogi + cols[:, None] * ogj + chans[None, :] * ogc,
-                                 (dp * a).to(dg_ptr.dtype.element_ty), mask=m)
+                        tl.store(
+                            dgb + r64 * ogi + cols[:, None] * ogj + chans[None, :] * ogc,
+                            (dp * a).to(dg_ptr.dtype.element_ty),
+                            mask=m,
+                        )
                     if WANT_DB:
-                        tl.store(dbb + r64 * obi + cols[:, None] * obj + chans[None, :] * obc,
-                                 dp.to(db_ptr.dtype.element_ty), mask=m)
+                        tl.store(
+                            dbb + r64 * obi + cols[:, None] * obj + chans[None, :] * obc,
+                            dp.to(db_ptr.dtype.element_ty),
+                            mask=m,
+                        )
                 if MODE >= BLOCKSUM_CELLS:
                     if WANT_DG:
                         accg += tl.where(m, dp * a, 0.0)
@@ -309,20 +442,32 @@ def gn_reduce_cl_kernel(
         if MODE == BLOCKSUM_CELLS:
             # the unit is exactly one low-res column: reduce the tile's columns into it
             if WANT_DG:
-                tl.store(dgb + i * ogi + ks * ogk + u * ogj + chans * ogc,
-                         tl.sum(accg, axis=0).to(dg_ptr.dtype.element_ty), mask=chm)
+                tl.store(
+                    dgb + i * ogi + ks * ogk + u * ogj + chans * ogc,
+                    tl.sum(accg, axis=0).to(dg_ptr.dtype.element_ty),
+                    mask=chm,
+                )
             if WANT_DB:
-                tl.store(dbb + i * obi + ks * obk + u * obj + chans * obc,
-                         tl.sum(accb, axis=0).to(db_ptr.dtype.element_ty), mask=chm)
+                tl.store(
+                    dbb + i * obi + ks * obk + u * obj + chans * obc,
+                    tl.sum(accb, axis=0).to(db_ptr.dtype.element_ty),
+                    mask=chm,
+                )
         if MODE == BLOCKSUM_ROWS:
             cols = cs + wc
             m = (cols < ce)[:, None] & chm[None, :]
             if WANT_DG:
-                tl.store(dgb + i * ogi + ks * ogk + cols[:, None] * ogj + chans[None, :] * ogc,
-                         accg.to(dg_ptr.dtype.element_ty), mask=m)
+                tl.store(
+                    dgb + i * ogi + ks * ogk + cols[:, None] * ogj + chans[None, :] * ogc,
+                    accg.to(dg_ptr.dtype.element_ty),
+                    mask=m,
+                )
             if WANT_DB:
-                tl.store(dbb + i * obi + ks * obk + cols[:, None] * obj + chans[None, :] * obc,
-                         accb.to(db_ptr.dtype.element_ty), mask=m)
+                tl.store(
+                    dbb + i * obi + ks * obk + cols[:, None] * obj + chans[None, :] * obc,
+                    accb.to(db_ptr.dtype.element_ty),
+                    mask=m,
+                )
     if STATS:
         po = n64 * p_sn + chans * p_sc + (k * NJB + jb).to(tl.int64) * p_sk
         tl.store(p_ptr + po, tl.sum(acc1, axis=0), mask=chm)
@@ -330,8 +475,25 @@ def gn_reduce_cl_kernel(
 
 
 @triton.jit
-def _group_terms(p_ptr, P_OFF, w_ptr, m1_ptr, m2_ptr, q, C, CPG, KP, p_sn, p_sc, p_sk, inv_cnt,
-                 HAS_W: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+def _group_terms(
+    p_ptr,
+    P_OFF,
+    w_ptr,
+    m1_ptr,
+    m2_ptr,
+    q,
+    C,
+    CPG,
+    KP,
+    p_sn,
+    p_sc,
+    p_sk,
+    inv_cnt,
+    HAS_W: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """m1 = sum_c w_c s1 / cnt and m2 = sum_c w_c s2 / cnt of group q = n*G + g."""
     n = q // (C // CPG)
     g = q % (C // CPG)
@@ -355,9 +517,24 @@ def _group_terms(p_ptr, P_OFF, w_ptr, m1_ptr, m2_ptr, q, C, CPG, KP, p_sn, p_sc,
 
 
 @triton.jit
-def _param_grads(p_ptr, P_OFF, dw_ptr, db_ptr, cb, N, C, KP, p_sn, p_sc, p_sk,
-                 WANT_DW: tl.constexpr, WANT_DB: tl.constexpr, BLOCK_CF: tl.constexpr, BLOCK_K: tl.constexpr,
-                 ACC: tl.constexpr):
+def _param_grads(
+    p_ptr,
+    P_OFF,
+    dw_ptr,
+    db_ptr,
+    cb,
+    N,
+    C,
+    KP,
+    p_sn,
+    p_sc,
+    p_sk,
+    WANT_DW: tl.constexpr,
+    WANT_DB: tl.constexpr,
+    BLOCK_CF: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """dbias = sum_{n,k} s1 and dweight = sum_{n,k} s2 for channel block cb."""
     chans = cb * BLOCK_CF + tl.arange(0, BLOCK_CF)
     ks = tl.arange(0, BLOCK_K)
@@ -380,8 +557,27 @@ def _param_grads(p_ptr, P_OFF, dw_ptr, db_ptr, cb, N, C, KP, p_sn, p_sc, p_sk,
 
 
 @triton.jit
-def _piece_sum(src_ptr, dst_ptr, row, C, LOWH, LOWW, KS, sn, sc, si, sk, sj, on, oc, oi, oj,
-               BLOCK_LW: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+def _piece_sum(
+    src_ptr,
+    dst_ptr,
+    row,
+    C,
+    LOWH,
+    LOWW,
+    KS,
+    sn,
+    sc,
+    si,
+    sk,
+    sj,
+    on,
+    oc,
+    oi,
+    oj,
+    BLOCK_LW: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Low-res row (n, c, i) of dgamma/dbeta: the sum of its KS row pieces, in order."""
     i = row % LOWH
     nc = row // LOWH
@@ -393,20 +589,67 @@ def _piece_sum(src_ptr, dst_ptr, row, C, LOWH, LOWW, KS, sn, sc, si, sk, sj, on,
         jv = j0 + lw
         m = (jv < LOWW)[:, None] & (ks < KS)[None, :]
         v = tl.load(src_ptr + n * sn + c * sc + i * si + ks[None, :] * sk + jv[:, None] * sj, mask=m, other=0.0)
-        tl.store(dst_ptr + n * on + c * oc + i * oi + jv * oj, tl.sum(v.to(ACC), axis=1).to(dst_ptr.dtype.element_ty),
-                 mask=jv < LOWW)
+        tl.store(
+            dst_ptr + n * on + c * oc + i * oi + jv * oj,
+            tl.sum(v.to(ACC), axis=1).to(dst_ptr.dtype.element_ty),
+            mask=jv < LOWW,
+        )
 
 
 @triton.jit
 def gn_bwd_finalize_kernel(
-    p_ptr, P_OFF, w_ptr, m1_ptr, m2_ptr, dw_ptr, db_ptr, dgp_ptr, dbp_ptr, dg_ptr, dbe_ptr,
-    N, C, CPG, KP, p_sn, p_sc, p_sk, inv_cnt,
-    NG_PROGS, NCB_PROGS, LOWH, LOWW, KS,
-    pgn, pgc, pgi, pgk, pgj, ogn, ogc, ogi, ogj,
-    pbn, pbc, pbi, pbk, pbj, obn, obc, obi, obj,
-    WANT_M: tl.constexpr, WANT_DW: tl.constexpr, WANT_DB: tl.constexpr, HAS_W: tl.constexpr,
-    SUM_DG: tl.constexpr, SUM_DBE: tl.constexpr,
-    BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_CF: tl.constexpr, BLOCK_LW: tl.constexpr,
+    p_ptr,
+    P_OFF,
+    w_ptr,
+    m1_ptr,
+    m2_ptr,
+    dw_ptr,
+    db_ptr,
+    dgp_ptr,
+    dbp_ptr,
+    dg_ptr,
+    dbe_ptr,
+    N,
+    C,
+    CPG,
+    KP,
+    p_sn,
+    p_sc,
+    p_sk,
+    inv_cnt,
+    NG_PROGS,
+    NCB_PROGS,
+    LOWH,
+    LOWW,
+    KS,
+    pgn,
+    pgc,
+    pgi,
+    pgk,
+    pgj,
+    ogn,
+    ogc,
+    ogi,
+    ogj,
+    pbn,
+    pbc,
+    pbi,
+    pbk,
+    pbj,
+    obn,
+    obc,
+    obi,
+    obj,
+    WANT_M: tl.constexpr,
+    WANT_DW: tl.constexpr,
+    WANT_DB: tl.constexpr,
+    HAS_W: tl.constexpr,
+    SUM_DG: tl.constexpr,
+    SUM_DBE: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_CF: tl.constexpr,
+    BLOCK_LW: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """Fold the reduction's partials; three roles by program id, each a fixed-order sum.
@@ -420,17 +663,88 @@ def gn_bwd_finalize_kernel(
     pid = tl.program_id(0)
     if pid < NG_PROGS:
         if WANT_M:
-            _group_terms(p_ptr, P_OFF, w_ptr, m1_ptr, m2_ptr, pid, C, CPG, KP, p_sn, p_sc, p_sk, inv_cnt,
-                         HAS_W, BLOCK_J, BLOCK_K, ACC)
+            _group_terms(
+                p_ptr,
+                P_OFF,
+                w_ptr,
+                m1_ptr,
+                m2_ptr,
+                pid,
+                C,
+                CPG,
+                KP,
+                p_sn,
+                p_sc,
+                p_sk,
+                inv_cnt,
+                HAS_W,
+                BLOCK_J,
+                BLOCK_K,
+                ACC,
+            )
     elif pid < NG_PROGS + NCB_PROGS:
         if WANT_DW or WANT_DB:
-            _param_grads(p_ptr, P_OFF, dw_ptr, db_ptr, pid - NG_PROGS, N, C, KP, p_sn, p_sc, p_sk,
-                         WANT_DW, WANT_DB, BLOCK_CF, BLOCK_K, ACC)
+            _param_grads(
+                p_ptr,
+                P_OFF,
+                dw_ptr,
+                db_ptr,
+                pid - NG_PROGS,
+                N,
+                C,
+                KP,
+                p_sn,
+                p_sc,
+                p_sk,
+                WANT_DW,
+                WANT_DB,
+                BLOCK_CF,
+                BLOCK_K,
+                ACC,
+            )
     else:
         row = pid - NG_PROGS - NCB_PROGS
         if SUM_DG:
-            _piece_sum(dgp_ptr, dg_ptr, row, C, LOWH, LOWW, KS, pgn, pgc, pgi, pgk, pgj, ogn, ogc, ogi, ogj,
-                       BLOCK_LW, BLOCK_K, ACC)
+            _piece_sum(
+                dgp_ptr,
+                dg_ptr,
+                row,
+                C,
+                LOWH,
+                LOWW,
+                KS,
+                pgn,
+                pgc,
+                pgi,
+                pgk,
+                pgj,
+                ogn,
+                ogc,
+                ogi,
+                ogj,
+                BLOCK_LW,
+                BLOCK_K,
+                ACC,
+            )
         if SUM_DBE:
-            _piece_sum(dbp_ptr, dbe_ptr, row, C, LOWH, LOWW, KS, pbn, pbc, pbi, pbk, pbj, obn, obc, obi, obj,
-                       BLOCK_LW, BLOCK_K, ACC)
+            _piece_sum(
+                dbp_ptr,
+                dbe_ptr,
+                row,
+                C,
+                LOWH,
+                LOWW,
+                KS,
+                pbn,
+                pbc,
+                pbi,
+                pbk,
+                pbj,
+                obn,
+                obc,
+                obi,
+                obj,
+                BLOCK_LW,
+                BLOCK_K,
+                ACC,
+            )

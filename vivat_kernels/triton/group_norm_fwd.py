@@ -47,12 +47,47 @@ def _lowres_tile(ptr, n64, chans, rows, cols, scale_h, scale_w, h, w, sn, sc, sh
 
 @triton.jit
 def gn_group_kernel(
-    x_ptr, y_ptr, w_ptr, b_ptr, g_ptr, be_ptr, mean_ptr, rstd_ptr,
-    G, CPG, HW, W, sxn, sxc, sxp, eps_hi, eps_lo,
-    gh, gw, g_scale_h, g_scale_w, sgn, sgc, sgh, sgw,
-    bh, bw, b_scale_h, b_scale_w, sbn, sbc, sbh, sbw,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_G: tl.constexpr, HAS_BE: tl.constexpr,
-    SILU: tl.constexpr, ONE_TILE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    b_ptr,
+    g_ptr,
+    be_ptr,
+    mean_ptr,
+    rstd_ptr,
+    G,
+    CPG,
+    HW,
+    W,
+    sxn,
+    sxc,
+    sxp,
+    eps_hi,
+    eps_lo,
+    gh,
+    gw,
+    g_scale_h,
+    g_scale_w,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    bh,
+    bw,
+    b_scale_h,
+    b_scale_w,
+    sbn,
+    sbc,
+    sbh,
+    sbw,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_G: tl.constexpr,
+    HAS_BE: tl.constexpr,
+    SILU: tl.constexpr,
+    ONE_TILE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """One program per (n, g): statistics and y of one group.
@@ -114,18 +149,34 @@ def gn_group_kernel(
             rows = pix // W  # once per pixel vector, not per element
             cols = pix - rows * W
             if HAS_G:
-                gam = _lowres_tile(g_ptr, n64, chans, rows, cols, g_scale_h, g_scale_w, gh, gw,
-                                   sgn, sgc, sgh, sgw, msk, ACC)
+                gam = _lowres_tile(
+                    g_ptr, n64, chans, rows, cols, g_scale_h, g_scale_w, gh, gw, sgn, sgc, sgh, sgw, msk, ACC
+                )
             if HAS_BE:
-                bet = _lowres_tile(be_ptr, n64, chans, rows, cols, b_scale_h, b_scale_w, bh, bw,
-                                   sbn, sbc, sbh, sbw, msk, ACC)
+                bet = _lowres_tile(
+                    be_ptr, n64, chans, rows, cols, b_scale_h, b_scale_w, bh, bw, sbn, sbc, sbh, sbw, msk, ACC
+                )
         _, _, p = gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
         tl.store(y_ptr + offs, activate(p, SILU).to(y_ptr.dtype.element_ty), mask=msk)
 
 
 @triton.jit
-def gn_stats_kernel(x_ptr, part_ptr, PART_OFF, G, CPG, HW, PCH, S, sxn, sxc, sxp,
-                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+def gn_stats_kernel(
+    x_ptr,
+    part_ptr,
+    PART_OFF,
+    G,
+    CPG,
+    HW,
+    PCH,
+    S,
+    sxn,
+    sxc,
+    sxp,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Per-chunk (mean, M2) partials of each group (split design, first launch).
 
     Grid (N*G, S): program (q, s) reduces pixels [s*PCH, min((s+1)*PCH, HW)) of all CPG channels
@@ -158,9 +209,28 @@ def gn_stats_kernel(x_ptr, part_ptr, PART_OFF, G, CPG, HW, PCH, S, sxn, sxc, sxp
 
 
 @triton.jit
-def _group_stats(x_ptr, mean_ptr, rstd_ptr, part_ptr, grp, n64, chans, CPG, sxn, sxc,
-                 S, PCH, HW, PART_OFF, eps_hi, eps_lo,
-                 MERGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr):
+def _group_stats(
+    x_ptr,
+    mean_ptr,
+    rstd_ptr,
+    part_ptr,
+    grp,
+    n64,
+    chans,
+    CPG,
+    sxn,
+    sxc,
+    S,
+    PCH,
+    HW,
+    PART_OFF,
+    eps_hi,
+    eps_lo,
+    MERGE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """mean and rstd of the groups ``grp`` (1-D block, -1 = masked): merged from the split
     design's partials (MERGE) or loaded from the forward's saved statistics."""
     gm = grp >= 0
@@ -174,13 +244,59 @@ def _group_stats(x_ptr, mean_ptr, rstd_ptr, part_ptr, grp, n64, chans, CPG, sxn,
 
 @triton.jit
 def gn_apply_nchw_kernel(
-    x_ptr, dy_ptr, out_ptr, w_ptr, b_ptr, g_ptr, be_ptr, mean_ptr, rstd_ptr, m1_ptr, m2_ptr, part_ptr,
-    C, G, CPG, H, W, S, PCH, PART_OFF, eps_hi, eps_lo, sxn, sxc, sxh, sxw,
-    gh, gw, g_scale_h, g_scale_w, sgn, sgc, sgh, sgw,
-    bh, bw, b_scale_h, b_scale_w, sbn, sbc, sbh, sbw,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_G: tl.constexpr, HAS_BE: tl.constexpr,
-    SILU: tl.constexpr, BWD: tl.constexpr, MERGE: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, ACC: tl.constexpr,
+    x_ptr,
+    dy_ptr,
+    out_ptr,
+    w_ptr,
+    b_ptr,
+    g_ptr,
+    be_ptr,
+    mean_ptr,
+    rstd_ptr,
+    m1_ptr,
+    m2_ptr,
+    part_ptr,
+    C,
+    G,
+    CPG,
+    H,
+    W,
+    S,
+    PCH,
+    PART_OFF,
+    eps_hi,
+    eps_lo,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    gh,
+    gw,
+    g_scale_h,
+    g_scale_w,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    bh,
+    bw,
+    b_scale_h,
+    b_scale_w,
+    sbn,
+    sbc,
+    sbh,
+    sbw,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_G: tl.constexpr,
+    HAS_BE: tl.constexpr,
+    SILU: tl.constexpr,
+    BWD: tl.constexpr,
+    MERGE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     """NCHW elementwise sweep: y (forward) or dx (BWD). x, dy and out share x's dense layout.
 
@@ -202,8 +318,28 @@ def gn_apply_nchw_kernel(
     offs = n64 * sxn + c64 * sxc + r0.to(tl.int64) * sxh + tl.arange(0, BLOCK_H)[:, None] * sxh + cols[None, :] * sxw
     x = tl.load(x_ptr + offs, mask=m, other=0.0).to(ACC)
     gv = tl.full([1], 0, tl.int32) + grp
-    mean_v, rstd_v = _group_stats(x_ptr, mean_ptr, rstd_ptr, part_ptr, gv, n64, tl.full([1], 0, tl.int32) + c,
-                                  CPG, sxn, sxc, S, PCH, H * W, PART_OFF, eps_hi, eps_lo, MERGE, 1, BLOCK_S, ACC)
+    mean_v, rstd_v = _group_stats(
+        x_ptr,
+        mean_ptr,
+        rstd_ptr,
+        part_ptr,
+        gv,
+        n64,
+        tl.full([1], 0, tl.int32) + c,
+        CPG,
+        sxn,
+        sxc,
+        S,
+        PCH,
+        H * W,
+        PART_OFF,
+        eps_hi,
+        eps_lo,
+        MERGE,
+        1,
+        BLOCK_S,
+        ACC,
+    )
     mean = tl.sum(mean_v, axis=0)
     rstd = tl.sum(rstd_v, axis=0)
     if MERGE:  # noqa: SIM102 (a constexpr test, then a runtime one)
@@ -235,13 +371,59 @@ def gn_apply_nchw_kernel(
 
 @triton.jit
 def gn_apply_cl_kernel(
-    x_ptr, dy_ptr, out_ptr, w_ptr, b_ptr, g_ptr, be_ptr, mean_ptr, rstd_ptr, m1_ptr, m2_ptr, part_ptr,
-    C, G, CPG, H, W, S, PCH, PART_OFF, eps_hi, eps_lo, sxn, sxc, sxh, sxw,
-    gh, gw, g_scale_h, g_scale_w, sgn, sgc, sgh, sgw,
-    bh, bw, b_scale_h, b_scale_w, sbn, sbc, sbh, sbw,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_G: tl.constexpr, HAS_BE: tl.constexpr,
-    SILU: tl.constexpr, BWD: tl.constexpr, MERGE: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+    x_ptr,
+    dy_ptr,
+    out_ptr,
+    w_ptr,
+    b_ptr,
+    g_ptr,
+    be_ptr,
+    mean_ptr,
+    rstd_ptr,
+    m1_ptr,
+    m2_ptr,
+    part_ptr,
+    C,
+    G,
+    CPG,
+    H,
+    W,
+    S,
+    PCH,
+    PART_OFF,
+    eps_hi,
+    eps_lo,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    gh,
+    gw,
+    g_scale_h,
+    g_scale_w,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    bh,
+    bw,
+    b_scale_h,
+    b_scale_w,
+    sbn,
+    sbc,
+    sbh,
+    sbw,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_G: tl.constexpr,
+    HAS_BE: tl.constexpr,
+    SILU: tl.constexpr,
+    BWD: tl.constexpr,
+    MERGE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     """channels_last elementwise sweep: y (forward) or dx (BWD).
 
@@ -263,8 +445,28 @@ def gn_apply_cl_kernel(
     grp = tl.where(chm, n * G + chans // CPG, -1)
     offs = n64 * sxn + r64 * sxh + cols[:, None] * sxw + chans[None, :] * sxc
     x = tl.load(x_ptr + offs, mask=m, other=0.0).to(ACC)
-    mean, rstd = _group_stats(x_ptr, mean_ptr, rstd_ptr, part_ptr, grp, n64, chans, CPG, sxn, sxc,
-                              S, PCH, H * W, PART_OFF, eps_hi, eps_lo, MERGE, BLOCK_C, BLOCK_S, ACC)
+    mean, rstd = _group_stats(
+        x_ptr,
+        mean_ptr,
+        rstd_ptr,
+        part_ptr,
+        grp,
+        n64,
+        chans,
+        CPG,
+        sxn,
+        sxc,
+        S,
+        PCH,
+        H * W,
+        PART_OFF,
+        eps_hi,
+        eps_lo,
+        MERGE,
+        BLOCK_C,
+        BLOCK_S,
+        ACC,
+    )
     if MERGE:  # noqa: SIM102 (a constexpr test, then a runtime one)
         if (r == 0) & (tl.program_id(1) == 0):
             tl.store(mean_ptr + grp, mean, mask=chm)  # the CPG channels of a group store equal bits
@@ -282,13 +484,15 @@ def gn_apply_cl_kernel(
     if HAS_G:
         sr = src_index(r, g_scale_h, gh).to(tl.int64)
         sc = src_index(cols, g_scale_w, gw)
-        gam = tl.load(g_ptr + n64 * sgn + sr * sgh + sc[:, None] * sgw + chans[None, :] * sgc,
-                      mask=m, other=0.0).to(ACC)
+        gam = tl.load(g_ptr + n64 * sgn + sr * sgh + sc[:, None] * sgw + chans[None, :] * sgc, mask=m, other=0.0).to(
+            ACC
+        )
     if HAS_BE:
         sr = src_index(r, b_scale_h, bh).to(tl.int64)
         sc = src_index(cols, b_scale_w, bw)
-        bet = tl.load(be_ptr + n64 * sbn + sr * sbh + sc[:, None] * sbw + chans[None, :] * sbc,
-                      mask=m, other=0.0).to(ACC)
+        bet = tl.load(be_ptr + n64 * sbn + sr * sbh + sc[:, None] * sbw + chans[None, :] * sbc, mask=m, other=0.0).to(
+            ACC
+        )
     xhat, _, p = gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
     if BWD:
         dp = tl.load(dy_ptr + offs, mask=m, other=0.0).to(ACC)

@@ -67,13 +67,47 @@ def _mma(acc, a, b, USE_DOT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.c
 
 @triton.jit
 def reflect_conv2d_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, pos_ptr,
-    C, H, W, CO, HO, WO, HO_COV, WO_COV, P, PAD_T, PAD_L,
-    sxn, sxc, sxh, sxw, swo, swc, swh, sww, syn, syc, syh, syw,
-    STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    LIST: tl.constexpr, HAS_BIAS: tl.constexpr, FLAT: tl.constexpr,
-    USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    pos_ptr,
+    C,
+    H,
+    W,
+    CO,
+    HO,
+    WO,
+    HO_COV,
+    WO_COV,
+    P,
+    PAD_T,
+    PAD_L,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    swo,
+    swc,
+    swh,
+    sww,
+    syn,
+    syc,
+    syh,
+    syw,
+    STRIDE: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    LIST: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    FLAT: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    ACC_F64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Tile = BLOCK_M output positions of image n x BLOCK_N output channels; K = taps x C.
 
@@ -110,10 +144,16 @@ def reflect_conv2d_fwd_kernel(
             iy = _reflect(oy * STRIDE - PAD_T + ky, H)
             ix = _reflect(ox * STRIDE - PAD_L + kx, W)
             cc = c0 + offs_k
-            a = tl.load(x_img + (iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw)[:, None]
-                        + cc[None, :].to(tl.int64) * sxc, mask=mask_m[:, None], other=0.0)
-            b = tl.load(w_ptr + ky * swh + kx * sww + cc[:, None].to(tl.int64) * swc
-                        + offs_n[None, :].to(tl.int64) * swo, mask=mask_n[None, :], other=0.0)
+            a = tl.load(
+                x_img + (iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw)[:, None] + cc[None, :].to(tl.int64) * sxc,
+                mask=mask_m[:, None],
+                other=0.0,
+            )
+            b = tl.load(
+                w_ptr + ky * swh + kx * sww + cc[:, None].to(tl.int64) * swc + offs_n[None, :].to(tl.int64) * swo,
+                mask=mask_n[None, :],
+                other=0.0,
+            )
             acc = _mma(acc, a, b, USE_DOT, UPCAST, PRECISION)
     else:
         for ky in tl.static_range(KH):
@@ -133,13 +173,20 @@ def reflect_conv2d_fwd_kernel(
                     for c0 in range(0, C, BLOCK_K):
                         cc = c0 + offs_k
                         mask_c = cc < C
-                        a = tl.load(x_sp[:, None] + cc[None, :].to(tl.int64) * sxc,
-                                    mask=use[:, None] & mask_c[None, :], other=0.0)
-                        b = tl.load(w_tap + cc[:, None].to(tl.int64) * swc + offs_n[None, :].to(tl.int64) * swo,
-                                    mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+                        a = tl.load(
+                            x_sp[:, None] + cc[None, :].to(tl.int64) * sxc,
+                            mask=use[:, None] & mask_c[None, :],
+                            other=0.0,
+                        )
+                        b = tl.load(
+                            w_tap + cc[:, None].to(tl.int64) * swc + offs_n[None, :].to(tl.int64) * swo,
+                            mask=mask_c[:, None] & mask_n[None, :],
+                            other=0.0,
+                        )
                         acc = _mma(acc, a, b, USE_DOT, UPCAST, PRECISION)
-    y_ptrs = (y_ptr + n * syn + (oy.to(tl.int64) * syh + ox.to(tl.int64) * syw)[:, None]
-              + offs_n[None, :].to(tl.int64) * syc)
+    y_ptrs = (
+        y_ptr + n * syn + (oy.to(tl.int64) * syh + ox.to(tl.int64) * syw)[:, None] + offs_n[None, :].to(tl.int64) * syc
+    )
     mask = mask_m[:, None] & mask_n[None, :]
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(acc.dtype)
@@ -155,13 +202,48 @@ def reflect_conv2d_fwd_kernel(
 
 @triton.jit
 def reflect_conv2d_dgrad_kernel(
-    dy_ptr, w_ptr, dx_ptr, pos_ptr,
-    C, H, W, CO, HO, WO, HO_COV, WO_COV, P, PAD_T, PAD_B, PAD_L, PAD_R,
-    sdn, sdc, sdh, sdw, swo, swc, swh, sww, sxn, sxc, sxh, sxw,
-    STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    LIST: tl.constexpr, NCAND: tl.constexpr, FLAT: tl.constexpr,
-    USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    dy_ptr,
+    w_ptr,
+    dx_ptr,
+    pos_ptr,
+    C,
+    H,
+    W,
+    CO,
+    HO,
+    WO,
+    HO_COV,
+    WO_COV,
+    P,
+    PAD_T,
+    PAD_B,
+    PAD_L,
+    PAD_R,
+    sdn,
+    sdc,
+    sdh,
+    sdw,
+    swo,
+    swc,
+    swh,
+    sww,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    STRIDE: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    LIST: tl.constexpr,
+    NCAND: tl.constexpr,
+    FLAT: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    ACC_F64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Tile = BLOCK_M input positions of image n x BLOCK_N input channels; K = taps x CO.
 
@@ -203,13 +285,20 @@ def reflect_conv2d_dgrad_kernel(
             tx = tl.maximum(b - kx, 0)
             py = ty // STRIDE
             px = tx // STRIDE
-            valid = (mask_m & (a - ky >= 0) & (ty % STRIDE == 0) & (py < HO)
-                     & (b - kx >= 0) & (tx % STRIDE == 0) & (px < WO))
+            valid = (
+                mask_m & (a - ky >= 0) & (ty % STRIDE == 0) & (py < HO) & (b - kx >= 0) & (tx % STRIDE == 0) & (px < WO)
+            )
             oo = o0 + offs_k
-            g = tl.load(dy_img + (py.to(tl.int64) * sdh + px.to(tl.int64) * sdw)[:, None]
-                        + oo[None, :].to(tl.int64) * sdc, mask=valid[:, None], other=0.0)
-            wt = tl.load(w_ptr + ky * swh + kx * sww + oo[:, None].to(tl.int64) * swo
-                         + offs_n[None, :].to(tl.int64) * swc, mask=mask_n[None, :], other=0.0)
+            g = tl.load(
+                dy_img + (py.to(tl.int64) * sdh + px.to(tl.int64) * sdw)[:, None] + oo[None, :].to(tl.int64) * sdc,
+                mask=valid[:, None],
+                other=0.0,
+            )
+            wt = tl.load(
+                w_ptr + ky * swh + kx * sww + oo[:, None].to(tl.int64) * swo + offs_n[None, :].to(tl.int64) * swc,
+                mask=mask_n[None, :],
+                other=0.0,
+            )
             acc = _mma(acc, g, wt, USE_DOT, UPCAST, PRECISION)
     else:
         # Candidates run in a loop (not unrolled) so only the KH x KW tap bodies are compiled.
@@ -238,13 +327,20 @@ def reflect_conv2d_dgrad_kernel(
                         for o0 in range(0, CO, BLOCK_K):
                             oo = o0 + offs_k
                             mask_o = oo < CO
-                            g = tl.load(dy_sp[:, None] + oo[None, :].to(tl.int64) * sdc,
-                                        mask=valid[:, None] & mask_o[None, :], other=0.0)
-                            wt = tl.load(w_tap + oo[:, None].to(tl.int64) * swo + offs_n[None, :].to(tl.int64) * swc,
-                                         mask=mask_o[:, None] & mask_n[None, :], other=0.0)
+                            g = tl.load(
+                                dy_sp[:, None] + oo[None, :].to(tl.int64) * sdc,
+                                mask=valid[:, None] & mask_o[None, :],
+                                other=0.0,
+                            )
+                            wt = tl.load(
+                                w_tap + oo[:, None].to(tl.int64) * swo + offs_n[None, :].to(tl.int64) * swc,
+                                mask=mask_o[:, None] & mask_n[None, :],
+                                other=0.0,
+                            )
                             acc = _mma(acc, g, wt, USE_DOT, UPCAST, PRECISION)
-    dx_ptrs = (dx_ptr + n * sxn + (h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None]
-               + offs_n[None, :].to(tl.int64) * sxc)
+    dx_ptrs = (
+        dx_ptr + n * sxn + (h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + offs_n[None, :].to(tl.int64) * sxc
+    )
     mask = mask_m[:, None] & mask_n[None, :]
     if LIST:
         acc += tl.load(dx_ptrs, mask=mask, other=0.0).to(acc.dtype)
@@ -253,12 +349,42 @@ def reflect_conv2d_dgrad_kernel(
 
 @triton.jit
 def reflect_conv2d_wgrad_kernel(
-    dy_ptr, x_ptr, part_ptr, pos_ptr,
-    C, H, W, CO, HO, WO, HO_COV, WO_COV, P, TOTAL, CHUNKS_PER_SPLIT, PAD_T, PAD_L,
-    sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
-    STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, LIST: tl.constexpr,
-    USE_DOT: tl.constexpr, UPCAST: tl.constexpr, ACC_F64: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    dy_ptr,
+    x_ptr,
+    part_ptr,
+    pos_ptr,
+    C,
+    H,
+    W,
+    CO,
+    HO,
+    WO,
+    HO_COV,
+    WO_COV,
+    P,
+    TOTAL,
+    CHUNKS_PER_SPLIT,
+    PAD_T,
+    PAD_L,
+    sdn,
+    sdc,
+    sdh,
+    sdw,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    STRIDE: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    LIST: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    ACC_F64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Tile = BLOCK_M output channels x BLOCK_N input channels for one tap; K = (n, position).
 
@@ -297,20 +423,34 @@ def reflect_conv2d_wgrad_kernel(
         iy = _reflect(iy_raw, H)
         ix = _reflect(ix_raw, W)
         if LIST:
-            use = mask_t & ((iy_raw < 0) | (iy_raw >= H) | (ix_raw < 0) | (ix_raw >= W)
-                            | (oy >= HO_COV) | (ox >= WO_COV))
+            use = mask_t & (
+                (iy_raw < 0) | (iy_raw >= H) | (ix_raw < 0) | (ix_raw >= W) | (oy >= HO_COV) | (ox >= WO_COV)
+            )
         else:
             use = mask_t
-        g = tl.load(dy_ptr + (img * sdn + oy.to(tl.int64) * sdh + ox.to(tl.int64) * sdw)[None, :]
-                    + offs_o[:, None].to(tl.int64) * sdc,
-                    mask=mask_o[:, None] & use[None, :], other=0.0)
-        xt = tl.load(x_ptr + (img * sxn + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw)[:, None]
-                     + offs_c[None, :].to(tl.int64) * sxc,
-                     mask=use[:, None] & mask_c[None, :], other=0.0)
+        g = tl.load(
+            dy_ptr
+            + (img * sdn + oy.to(tl.int64) * sdh + ox.to(tl.int64) * sdw)[None, :]
+            + offs_o[:, None].to(tl.int64) * sdc,
+            mask=mask_o[:, None] & use[None, :],
+            other=0.0,
+        )
+        xt = tl.load(
+            x_ptr
+            + (img * sxn + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw)[:, None]
+            + offs_c[None, :].to(tl.int64) * sxc,
+            mask=use[:, None] & mask_c[None, :],
+            other=0.0,
+        )
         acc = _mma(acc, g, xt, USE_DOT, UPCAST, PRECISION)
     k2 = KH * KW
-    out = (part_ptr + split.to(tl.int64) * CO * C * k2 + offs_o[:, None].to(tl.int64) * (C * k2)
-           + offs_c[None, :] * k2 + tap)
+    out = (
+        part_ptr
+        + split.to(tl.int64) * CO * C * k2
+        + offs_o[:, None].to(tl.int64) * (C * k2)
+        + offs_c[None, :] * k2
+        + tap
+    )
     tl.store(out, acc, mask=mask_o[:, None] & mask_c[None, :])
 
 
@@ -358,8 +498,9 @@ def _list_config(cfg: dict, device: torch.device) -> dict:
     """Border lists are short (a few rows of positions): smaller tiles, more programs."""
     if device.type != "cuda":
         return cfg
-    return dict(cfg, BLOCK_M=min(cfg["BLOCK_M"], 32), BLOCK_N=min(cfg["BLOCK_N"], 64),
-                num_warps=min(cfg.get("num_warps", 4), 4))
+    return dict(
+        cfg, BLOCK_M=min(cfg["BLOCK_M"], 32), BLOCK_N=min(cfg["BLOCK_N"], 64), num_warps=min(cfg.get("num_warps", 4), 4)
+    )
 
 
 def _use_dot(*widths: int, dtype: torch.dtype, device: torch.device) -> bool:
@@ -379,9 +520,17 @@ def _geometry(x_shape, w_shape, y_shape, stride, pad4):
     return n, c, h, w, co, kh, kw, ho, wo, left, right, top, bottom
 
 
-def conv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor, stride: int,
-             pad4: tuple[int, int, int, int], *, out_pos: torch.Tensor | None = None,
-             cover: tuple[int, int] | None = None) -> torch.Tensor:
+def conv_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    y: torch.Tensor,
+    stride: int,
+    pad4: tuple[int, int, int, int],
+    *,
+    out_pos: torch.Tensor | None = None,
+    cover: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Dense (out_pos None): y = reflect conv, written. List: border terms added to y at out_pos."""
     n, c, h, w, co, kh, kw, ho, wo, left, _, top, _ = _geometry(x.shape, weight.shape, y.shape, stride, pad4)
     listed = out_pos is not None
@@ -397,23 +546,51 @@ def conv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y
     wt = weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
     grid = (triton.cdiv(p, cfg["BLOCK_M"]), n, triton.cdiv(co, cfg["BLOCK_N"]))
     reflect_conv2d_fwd_kernel[grid](
-        x, wt, bias if bias is not None else weight, y, out_pos if listed else weight,
-        c, h, w, co, ho, wo, hc, wc, p, top, left,
-        *x.stride(), *wt.stride(), *y.stride(),
-        STRIDE=stride, KH=kh, KW=kw, LIST=listed, HAS_BIAS=bias is not None, USE_DOT=dot,
+        x,
+        wt,
+        bias if bias is not None else weight,
+        y,
+        out_pos if listed else weight,
+        c,
+        h,
+        w,
+        co,
+        ho,
+        wo,
+        hc,
+        wc,
+        p,
+        top,
+        left,
+        *x.stride(),
+        *wt.stride(),
+        *y.stride(),
+        STRIDE=stride,
+        KH=kh,
+        KW=kw,
+        LIST=listed,
+        HAS_BIAS=bias is not None,
+        USE_DOT=dot,
         FLAT=not listed and c % cfg["BLOCK_K"] == 0,
-        **_flags(x.dtype, x.device), **cfg,
+        **_flags(x.dtype, x.device),
+        **cfg,
     )
     return y
 
 
-def conv_dgrad(dy: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor, stride: int,
-               pad4: tuple[int, int, int, int], *, src_pos: torch.Tensor | None = None,
-               cover: tuple[int, int] | None = None) -> torch.Tensor:
+def conv_dgrad(
+    dy: torch.Tensor,
+    weight: torch.Tensor,
+    dx: torch.Tensor,
+    stride: int,
+    pad4: tuple[int, int, int, int],
+    *,
+    src_pos: torch.Tensor | None = None,
+    cover: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Dense (src_pos None): dx through each input's own padded position, written.
     List: the mirrored part (and uncovered outputs' direct part) added to dx at src_pos."""
-    n, c, h, w, co, kh, kw, ho, wo, left, right, top, bottom = _geometry(dx.shape, weight.shape, dy.shape,
-                                                                          stride, pad4)
+    n, c, h, w, co, kh, kw, ho, wo, left, right, top, bottom = _geometry(dx.shape, weight.shape, dy.shape, stride, pad4)
     listed = src_pos is not None
     p = src_pos.shape[0] if listed else h * w
     if n == 0 or p == 0 or c == 0:
@@ -427,12 +604,35 @@ def conv_dgrad(dy: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor, stride:
     wt = weight.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
     grid = (triton.cdiv(p, cfg["BLOCK_M"]), n, triton.cdiv(c, cfg["BLOCK_N"]))
     reflect_conv2d_dgrad_kernel[grid](
-        dy, wt, dx, src_pos if listed else weight,
-        c, h, w, co, ho, wo, hc, wc, p, top, bottom, left, right,
-        *dy.stride(), *wt.stride(), *dx.stride(),
-        STRIDE=stride, KH=kh, KW=kw, LIST=listed, NCAND=3 if listed else 1, USE_DOT=dot,
+        dy,
+        wt,
+        dx,
+        src_pos if listed else weight,
+        c,
+        h,
+        w,
+        co,
+        ho,
+        wo,
+        hc,
+        wc,
+        p,
+        top,
+        bottom,
+        left,
+        right,
+        *dy.stride(),
+        *wt.stride(),
+        *dx.stride(),
+        STRIDE=stride,
+        KH=kh,
+        KW=kw,
+        LIST=listed,
+        NCAND=3 if listed else 1,
+        USE_DOT=dot,
         FLAT=not listed and co % cfg["BLOCK_K"] == 0,
-        **_flags(dy.dtype, dy.device), **cfg,
+        **_flags(dy.dtype, dy.device),
+        **cfg,
     )
     return dx
 
@@ -443,9 +643,16 @@ def _num_sms(device: torch.device) -> int:
     return 1
 
 
-def conv_wgrad(dy: torch.Tensor, x: torch.Tensor, kernel_size: tuple[int, int], stride: int,
-               pad4: tuple[int, int, int, int], *, out_pos: torch.Tensor | None = None,
-               cover: tuple[int, int] | None = None) -> torch.Tensor:
+def conv_wgrad(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    kernel_size: tuple[int, int],
+    stride: int,
+    pad4: tuple[int, int, int, int],
+    *,
+    out_pos: torch.Tensor | None = None,
+    cover: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """dweight (CO, C, KH, KW) in float32 (float64 for float64): dense = the whole sum,
     list = the border terms at out_pos. Splits of the position range are summed in a fixed order."""
     kh, kw = kernel_size
@@ -470,10 +677,31 @@ def conv_wgrad(dy: torch.Tensor, x: torch.Tensor, kernel_size: tuple[int, int], 
     part = torch.empty((splits, co, c, kh, kw), dtype=acc_dtype, device=x.device)
     hc, wc = cover if cover is not None else (ho, wo)
     reflect_conv2d_wgrad_kernel[(tiles, kh * kw, splits)](
-        dy, x, part, out_pos if listed else x,
-        c, h, w, co, ho, wo, hc, wc, p, total, per_split, top, left,
-        *dy.stride(), *x.stride(),
-        STRIDE=stride, KH=kh, KW=kw, LIST=listed, USE_DOT=dot,
-        **_flags(x.dtype, x.device), **cfg,
+        dy,
+        x,
+        part,
+        out_pos if listed else x,
+        c,
+        h,
+        w,
+        co,
+        ho,
+        wo,
+        hc,
+        wc,
+        p,
+        total,
+        per_split,
+        top,
+        left,
+        *dy.stride(),
+        *x.stride(),
+        STRIDE=stride,
+        KH=kh,
+        KW=kw,
+        LIST=listed,
+        USE_DOT=dot,
+        **_flags(x.dtype, x.device),
+        **cfg,
     )
     return part[0] if splits == 1 else part.sum(dim=0)
