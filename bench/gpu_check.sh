@@ -68,7 +68,7 @@ save() {
   mkdir -p "$OUT/$(basename "$LOGS")"
   cp -f "$LOGS"/*.log "$OUT/$(basename "$LOGS")/" 2>/dev/null
   cp -f "$summary" "$OUT/" 2>/dev/null
-  ls "$RES"/*"$day"*"$gpu"*.json "$RES"/*"$day"*"$gpu"*.md 2>/dev/null | head -12 | xargs -r cp -t "$OUT"/
+  ls "$RES"/*"$day"*"$gpu"*.json "$RES"/*"$day"*"$gpu"*.md 2>/dev/null | head -24 | xargs -r cp -t "$OUT"/
   return 0
 }
 
