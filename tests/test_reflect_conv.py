@@ -406,13 +406,27 @@ def test_bad_input(call, exc, word):
         call()
 
 
-def test_cpu_auto_times_every_design_once_and_caches_the_fastest():
-    """auto on cpp: the first call per (phase, shape) times eager, slab and border on the real
-    inputs and keeps the fastest (forward and backward apart); later calls reuse the choice."""
+def test_cpu_auto_runs_the_eager_design_without_timing():
+    """auto on cpp follows a fixed rule (the plain path), so runs and resumes stay bit-identical."""
     if not _backend.cpp_usable(torch.device("cpu"))[0]:
         pytest.skip("C++ extension unavailable")
     rc.clear_design_decisions()
     with vk.use_backend("cpp"), rc.use_design("auto"):
+        x, w, b, s, pad = make(CASES["down_odd"], torch.float32, "cpu", False, seed=6)
+        y = vk.reflect_conv2d(x, w, b, s, pad)
+        with rc.use_design("eager"):
+            y_eager = vk.reflect_conv2d(x, w, b, s, pad)
+    assert rc.design_decisions() == {} and rc.design_timings() == {}
+    assert torch.equal(y, y_eager)
+
+
+def test_cpu_timed_times_every_design_once_and_caches_the_fastest():
+    """timed on cpp: the first call per (phase, shape) times eager, slab and border on the real
+    inputs and keeps the fastest (forward and backward apart); later calls reuse the choice."""
+    if not _backend.cpp_usable(torch.device("cpu"))[0]:
+        pytest.skip("C++ extension unavailable")
+    rc.clear_design_decisions()
+    with vk.use_backend("cpp"), rc.use_design("timed"):
         x, w, b, s, pad = make(CASES["down_odd"], torch.float32, "cpu", False, seed=5)
         y = vk.reflect_conv2d(x, w, b, s, pad)
         dy = torch.randn_like(y)

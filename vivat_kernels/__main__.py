@@ -57,11 +57,15 @@ def info() -> int:
     design = reflect_conv.get_design()
     print(f"reflect_conv2d design: {design} (use_design / $VIVAT_REFLECT_CONV_DESIGN)")
     for backend, designs in reflect_conv.BACKEND_DESIGNS.items():
-        how = (
-            f"auto = the fastest of {', '.join(designs)}, timed on the first call of each shape and cached"
-            if design == "auto"
-            else f"{design} forced" + ("" if design in designs else " (cannot run here)")
-        )
+        timed = f"the fastest of {', '.join(designs)}, timed on the first call of each shape and cached"
+        if design == "auto" and backend == "cpp":
+            how = "auto = eager (a fixed rule on CPU keeps runs bit-reproducible; 'timed' times them all)"
+        elif design == "auto":
+            how = f"auto = {timed} (interpreted on CPU: border)"
+        elif design == "timed":
+            how = f"timed = {timed}"
+        else:
+            how = f"{design} forced" + ("" if design in designs else " (cannot run here)")
         print(f"  {backend:7s} {how}")
     for key, chosen in reflect_conv.design_decisions().items():
         print(f"  chosen: {chosen:13s} {key}")

@@ -32,8 +32,10 @@ Four designs compute the same thing:
   plus the list kernel for the mirrored positions; wgrad is split over positions with the splits
   summed in a fixed order.
 
-Design choice (``auto``, ``cpp`` and ``triton`` backends): a **cached first-call timing**. The
-first call for a given (phase, backend, device, shapes, stride, padding, dtype, layout) times
+Design choice (``cpp`` and ``triton`` backends). On the ``cpp`` backend, ``auto`` runs ``"eager"`` (F.pad + the
+library conv): the designs agree only up to float rounding, and a choice made by a timing would let
+two runs of one seed, or a run and its resume, differ in their bits. On CUDA, and everywhere with
+``"timed"``, the choice is a **cached first-call timing**. The first call for a given (phase, backend, device, shapes, stride, padding, dtype, layout) times
 every design the backend has (``BACKEND_DESIGNS``; the plain ``"eager"`` path always among them,
 so ``auto`` is never slower than eager beyond the timing's noise) on the real inputs (CUDA: 1
 warm-up + 5 queued runs between events, median; CPU: 1 warm-up each, then up to 3 rounds that
@@ -72,7 +74,7 @@ from torch import Tensor
 from .. import _backend, reference
 from ._common import as_format, check_same_device, check_tensor, memory_format_of
 
-DESIGNS = ("auto", "eager", "slab", "border", "implicit_gemm")
+DESIGNS = ("auto", "timed", "eager", "slab", "border", "implicit_gemm")
 # The designs each backend can run, in the order a tie goes to.
 BACKEND_DESIGNS = {"cpp": ("eager", "slab", "border"), "triton": ("eager", "slab", "border", "implicit_gemm")}
 
@@ -525,7 +527,8 @@ def _implicit_bwd(
 # design choice
 # --------------------------------------------------------------------------------------------
 def set_design(name: str | None) -> None:
-    """Force a design for the ``cpp`` and ``triton`` backends (``None``/``"auto"`` = cached timing)."""
+    """Force a design for the ``cpp`` and ``triton`` backends (``None``/``"auto"``: the default rule;
+    ``"timed"``: the cached first-call timing on every device)."""
     global _forced_design
     if name is not None and name not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {name!r}")
@@ -633,7 +636,11 @@ def _run_design(phase: str, backend: str, x: Tensor, g: ConvGeometry, candidates
     Interpreted Triton (tests on CPU) is not timed: it runs ``"border"``.
     """
     forced = get_design()
-    if forced != "auto":
+    if forced == "auto" and backend == "cpp":
+        # On CPU the plain path is the rule, not a timing: designs differ in the last bits, and a
+        # choice made by the clock would make two runs (or a run and its resume) differ.
+        forced = "eager"
+    if forced not in ("auto", "timed"):
         if forced not in candidates:
             raise RuntimeError(
                 f"the {forced} design cannot run on the {backend} backend (it has {', '.join(candidates)})"
