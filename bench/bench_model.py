@@ -381,7 +381,10 @@ def designs_note() -> str:
     for key, design in rc.design_decisions().items():
         counts[key[0]][design] = counts[key[0]].get(design, 0) + 1
     if not any(counts.values()):
-        return f"reflect conv design {rc.get_design()} (nothing timed: forced, or no fused conv ran)"
+        design = rc.get_design()
+        if design == "auto":  # CUDA's auto times and records; the cpp backend's auto is a rule
+            return "reflect conv designs picked by auto: eager (the cpp backend's fixed rule; nothing timed)"
+        return f"reflect conv design {design} (nothing timed: forced, or no fused conv ran)"
     parts = [f"{phase} " + ", ".join(f"{d} x{n}" for d, n in sorted(c.items())) for phase, c in counts.items() if c]
     return "reflect conv designs picked by auto (per distinct conv shape): " + "; ".join(parts)
 
