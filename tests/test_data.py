@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from vivat import data as D
@@ -263,3 +264,120 @@ def test_shared_photos_train_folder():
     assert len(ds) == 40 and ds.skipped_unreadable == 0
     x = ds[0]
     assert x.shape == (3, 256, 256) and -1 <= x.min() and x.max() <= 1
+
+
+# ---------------------------------------------------------------------------- augmentation, cache
+
+
+def _one_image(tmp_path, h, w, seed=0):
+    root = tmp_path / f"one{seed}"
+    root.mkdir()
+    Image.fromarray(_rgb(h, w, seed)).save(root / "x.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        ({"scale": (0.0, 1.0)}, "scale"),
+        ({"scale": (0.8, 0.5)}, "scale"),
+        ({"scale": (0.5, 1.5)}, "scale"),
+        ({"scale": "half"}, "scale"),
+        ({"color": "sepia"}, "color"),
+        ({"cache_mb": -1}, "cache_mb"),
+        ({"cache_mb": True}, "cache_mb"),
+    ],
+)
+def test_augmentation_arguments_checked(tmp_path, kwargs, word):
+    root = _one_image(tmp_path, 40, 40)
+    with pytest.raises(ValueError, match=word):
+        D.ImageFolderDataset(root, 32, **kwargs)
+
+
+@pytest.mark.parametrize("color", D.COLOR_AUGMENTATIONS)
+def test_augmented_crops_are_reproducible_and_in_range(tmp_path, color):
+    root = _one_image(tmp_path, 97, 130, seed=3)
+    a = D.ImageFolderDataset(root, 32, seed=5, scale=(0.3, 1.0), color=color)
+    b = D.ImageFolderDataset(root, 32, seed=5, scale=(0.3, 1.0), color=color)
+    for epoch in range(4):
+        x, y = a.get(0, epoch), b.get(0, epoch)
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+        assert torch.equal(x, y)
+        assert x.min() >= -1.0 and x.max() <= 1.0
+    assert not torch.equal(a.get(0, 0), a.get(0, 1))
+
+
+def test_zoom_out_is_an_antialiased_resize_of_the_region(tmp_path):
+    """scale (0.5, 0.5) on a 64x64 image with 32-px crops: the whole image, downscaled 2x."""
+    root = _one_image(tmp_path, 64, 64, seed=4)
+    ds = D.ImageFolderDataset(root, 32, seed=0, scale=(0.5, 0.5))
+    full = D.load_image(root / "x.png")
+    want = F.interpolate(full[None], size=(32, 32), mode="bilinear", antialias=True, align_corners=False)[0]
+    for epoch in range(6):  # either flip
+        got = (ds.get(0, epoch) + 1.0) / 2.0
+        assert torch.allclose(got, want, atol=1e-6) or torch.allclose(got, want.flip(-1), atol=1e-6)
+
+
+def test_zoom_out_never_asks_for_more_than_the_image(tmp_path):
+    root = _one_image(tmp_path, 40, 200, seed=5)  # short side 40: a 0.1 zoom of 32 px wants 320
+    ds = D.ImageFolderDataset(root, 32, seed=1, scale=(0.1, 0.2))
+    for epoch in range(5):
+        assert ds.get(0, epoch).shape == (3, 32, 32)
+
+
+def test_permute_keeps_the_pixels_of_each_channel(tmp_path):
+    root = _one_image(tmp_path, 32, 32, seed=6)
+    plain = D.ImageFolderDataset(root, 32, seed=2)
+    perm = D.ImageFolderDataset(root, 32, seed=2, color="permute")
+    seen = set()
+    for epoch in range(12):
+        x, y = plain.get(0, epoch), perm.get(0, epoch)  # same crop and flip: only the order differs
+        order = [next(j for j in range(3) if torch.equal(y[i], x[j])) for i in range(3)]
+        assert sorted(order) == [0, 1, 2]
+        seen.add(tuple(order))
+    assert len(seen) > 1
+
+
+def test_hue_rotation_keeps_luma_where_nothing_clips(tmp_path):
+    root = tmp_path / "soft"
+    root.mkdir()
+    arr = (96 + np.random.default_rng(0).integers(0, 64, size=(32, 32, 3))).astype(np.uint8)  # mid tones
+    Image.fromarray(arr).save(root / "x.png")
+    plain = D.ImageFolderDataset(root, 32, seed=3)
+    hue = D.ImageFolderDataset(root, 32, seed=3, color="hue")
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    changed = False
+    for epoch in range(6):
+        x, y = (plain.get(0, epoch) + 1) / 2, (hue.get(0, epoch) + 1) / 2
+        torch.testing.assert_close(
+            torch.einsum("c,chw->hw", luma, y), torch.einsum("c,chw->hw", luma, x), atol=1e-5, rtol=0
+        )
+        changed |= not torch.allclose(x, y, atol=1e-3)
+    assert changed
+
+
+def test_decoded_images_are_cached_within_the_budget(tmp_path, monkeypatch):
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(_rgb(40, 40, i)).save(root / f"{i}.png")
+    calls = []
+    real = D._open_rgb
+    monkeypatch.setattr(D, "_open_rgb", lambda p: calls.append(p.name) or real(p))
+    one_image_mb = 40 * 40 * 3 * 4 / 2**20
+    cached = D.ImageFolderDataset(root, 32, seed=0, cache_mb=2.5 * one_image_mb)
+    for epoch in range(3):
+        for i in range(3):
+            cached.get(i, epoch)
+    # room for two: 0, 1 cached; 2 evicts 0; then each read misses the one just evicted (LRU)
+    assert len(calls) > 3 and cached._cache.used <= 2.5 * one_image_mb * 2**20
+    calls.clear()
+    for _ in range(4):
+        cached.get(2, 0)
+    assert calls == []  # the most recent one stays
+    off = D.ImageFolderDataset(root, 32, seed=0)
+    calls.clear()
+    off.get(0), off.get(0)
+    assert calls == ["0.png", "0.png"]
+    again = D.ImageFolderDataset(root, 32, seed=0, cache_mb=10)
+    assert torch.equal(again.get(1, 2), D.ImageFolderDataset(root, 32, seed=0).get(1, 2))

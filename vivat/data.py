@@ -14,20 +14,25 @@ with a transparent index) are composited over white; 16-bit grayscale is scaled 
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import tempfile
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
 __all__ = [
+    "COLOR_AUGMENTATIONS",
     "IMAGE_EXTENSIONS",
     "IMAGE_LOAD_ERRORS",
     "ImageFolderDataset",
@@ -289,6 +294,64 @@ def reflect_pad_to(image: torch.Tensor, size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous().to(image.device)
 
 
+COLOR_AUGMENTATIONS = ("none", "permute", "hue")
+
+# RGB <-> YIQ (NTSC): Y is luma, (I, Q) the chroma plane that "hue" rotates.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def _check_scale(scale) -> tuple[float, float] | None:
+    if scale is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be None or a pair (lo, hi) of zoom factors in (0, 1], got {scale!r}") from None
+    if not (0.0 < lo <= hi <= 1.0):
+        raise ValueError(f"scale must be a pair (lo, hi) with 0 < lo <= hi <= 1, got {scale!r}")
+    return (lo, hi)
+
+
+def _color_augment(t: torch.Tensor, mode: str, g: torch.Generator | None) -> torch.Tensor:
+    """A random colour change of a (3, H, W) crop in [0, 1] that keeps its structure.
+
+    ``permute``: one of the six orders of the RGB channels (exact, no clipping). ``hue``: a rotation
+    of the chroma plane of YIQ by a uniform angle, luma kept; the result is clipped to [0, 1].
+    Either way a handful of photos covers every hue, so a short run does not learn their palette.
+    """
+    if mode == "permute":
+        return t[torch.randperm(3, generator=g)]
+    angle = 2.0 * math.pi * float(torch.rand((), generator=g))
+    c, s = math.cos(angle), math.sin(angle)
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    m = (_YIQ_TO_RGB @ rot @ _RGB_TO_YIQ).to(t.dtype)
+    return torch.einsum("ij,jhw->ihw", m, t).clamp(0.0, 1.0)
+
+
+class _DecodedCache:
+    """Decoded images by index, least recently used first out, within a byte budget (0: off)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._items: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def get(self, key: int) -> np.ndarray | None:
+        arr = self._items.get(key)
+        if arr is not None:
+            self._items.move_to_end(key)
+        return arr
+
+    def put(self, key: int, arr: np.ndarray) -> None:
+        if arr.nbytes > self.budget:
+            return
+        while self.used + arr.nbytes > self.budget and self._items:
+            self.used -= self._items.popitem(last=False)[1].nbytes
+        self._items[key] = arr
+        self.used += arr.nbytes
+
+
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index)])
     return int(ss.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
@@ -308,6 +371,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             of DataLoader workers. Index the dataset with ``(index, epoch)`` tuples (as the
             trainer's sampler does) or call :meth:`get`; a plain index reads epoch 0. With None the
             global torch RNG is used (DataLoader seeds each worker differently).
+        scale: training crops only. None: crops at the image's own resolution. A pair (lo, hi):
+            each crop draws a zoom-out factor f uniformly from [lo, hi], cuts a square of
+            ``size / f`` pixels (at most the image's shorter side) and resizes it to ``size``
+            (bilinear, antialiased), so large photos are also seen at the scale of small ones.
+        color: training crops only, one of :data:`COLOR_AUGMENTATIONS`: "none", "permute" (a random
+            order of the RGB channels) or "hue" (a random rotation of the YIQ chroma plane).
+        cache_mb: keep up to this many megabytes of decoded images in memory (least recently used
+            out first; per process, so per DataLoader worker). 0 decodes every item from its file.
 
     Files that cannot be opened at scan time are skipped with one warning each. A file that fails
     to decode later (e.g. truncated data) is warned about once per process (also when a second
@@ -331,6 +402,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         train: bool = True,
         small: str = "pad",
         seed: int | None = None,
+        scale: tuple[float, float] | None = None,
+        color: str = "none",
+        cache_mb: float = 0,
     ) -> None:
         super().__init__()
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
@@ -342,6 +416,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.train = bool(train)
         self.small = small
         self.seed = None if seed is None else int(seed)
+        self.scale = _check_scale(scale)
+        if color not in COLOR_AUGMENTATIONS:
+            raise ValueError(f"color must be one of {COLOR_AUGMENTATIONS}, got {color!r}")
+        self.color = color
+        if isinstance(cache_mb, bool) or not isinstance(cache_mb, numbers.Real) or not cache_mb >= 0:
+            raise ValueError(f"cache_mb must be a number >= 0 (megabytes of decoded images kept), got {cache_mb!r}")
+        self._cache = _DecodedCache(int(float(cache_mb) * 2**20))
 
         if not self.root.exists():
             raise InputError(f"image folder {self.root} does not exist")
@@ -425,14 +506,32 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         h, w = t.shape[-2:]
         s = self.size
         if self.train:
-            top = int(torch.randint(0, h - s + 1, (1,), generator=g))
-            left = int(torch.randint(0, w - s + 1, (1,), generator=g))
-            t = t[:, top : top + s, left : left + s]
+            # the region cropped: `s` pixels, or `s / f` pixels resized to `s` with a zoom-out f
+            r = s
+            if self.scale is not None:
+                lo, hi = self.scale
+                f = lo + (hi - lo) * float(torch.rand((), generator=g))
+                r = max(s, min(int(round(s / f)), h, w))
+            top = int(torch.randint(0, h - r + 1, (1,), generator=g))
+            left = int(torch.randint(0, w - r + 1, (1,), generator=g))
+            t = t[:, top : top + r, left : left + r]
+            if r != s:
+                t = F.interpolate(t[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)[0]
+                t = t.clamp(0.0, 1.0)
             if bool(torch.rand((), generator=g) < 0.5):
                 t = t.flip(-1)
+            if self.color != "none":
+                t = _color_augment(t, self.color, g)
         else:
             t = center_crop(t, s)
         return t.contiguous() * 2.0 - 1.0
+
+    def _decode(self, j: int) -> np.ndarray:
+        arr = self._cache.get(j)
+        if arr is None:
+            arr = _open_rgb(self.paths[j])
+            self._cache.put(j, arr)
+        return arr
 
     def get(self, index: int, epoch: int = 0) -> torch.Tensor:
         """Item ``index`` with the augmentation of ``epoch``."""
@@ -446,7 +545,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             if j in self._bad:
                 continue
             try:
-                arr = _open_rgb(self.paths[j])
+                arr = self._decode(j)
             except IMAGE_LOAD_ERRORS as e:
                 last_err = e
                 self._bad.add(j)

@@ -67,7 +67,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import VAEConfig, preset_names
-from .data import ImageFolderDataset, save_grid
+from .data import COLOR_AUGMENTATIONS, ImageFolderDataset, save_grid
 from .errors import OutputError
 from .losses import VAELoss
 from .metrics import psnr, quantize, ssim
@@ -168,6 +168,9 @@ class TrainConfig:
     device: str = "auto"
     workers: int | None = None
     small: str = "pad"
+    scale_aug: tuple[float, float] | None = None
+    color_aug: str = "none"
+    cache_mb: float = 512
     progress: bool | None = None
 
     def check(self) -> None:
@@ -189,6 +192,14 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.color_aug not in COLOR_AUGMENTATIONS:
+            raise ValueError(f"color_aug must be one of {COLOR_AUGMENTATIONS}, got {self.color_aug!r}")
+        if self.scale_aug is not None:
+            lo, hi = self.scale_aug
+            if not 0.0 < lo <= hi <= 1.0:
+                raise ValueError(f"scale_aug must be (lo, hi) with 0 < lo <= hi <= 1, got {self.scale_aug!r}")
+        if not self.cache_mb >= 0:
+            raise ValueError(f"cache_mb must be >= 0, got {self.cache_mb}")
         if self.small not in ("pad", "skip"):
             raise ValueError(f"small must be 'pad' or 'skip', got {self.small!r}")
         if self.preset is not None and self.preset not in preset_names():
@@ -641,6 +652,15 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 + ", ".join(f"{k} {was[k]} -> {getattr(cfg, k)}" for k in changed)
                 + "; the learning rates from here on follow the new settings, not the checkpointed run's"
             )
+        data_aug = ("size", "scale_aug", "color_aug", "small")
+        as_saved = json.loads(json.dumps({k: getattr(cfg, k) for k in data_aug}))
+        changed = [k for k in data_aug if k in was and was[k] != as_saved[k]]
+        if changed:
+            say(
+                "note: "
+                + ", ".join(f"{k} {was[k]} -> {getattr(cfg, k)}" for k in changed)
+                + "; the training crops from here on differ from the checkpointed run's"
+            )
         old_world = int(resume_state.get("world_size", env.world_size))
         if old_world != env.world_size or int(resume_state.get("batch_size", cfg.batch_size)) != cfg.batch_size:
             say(
@@ -649,7 +669,16 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             )
 
     # ---- data -------------------------------------------------------------------------------
-    train_set = ImageFolderDataset(cfg.data, cfg.size, train=True, small=cfg.small, seed=cfg.seed)
+    train_set = ImageFolderDataset(
+        cfg.data,
+        cfg.size,
+        train=True,
+        small=cfg.small,
+        seed=cfg.seed,
+        scale=cfg.scale_aug,
+        color=cfg.color_aug,
+        cache_mb=cfg.cache_mb,
+    )
     workers = cfg.workers
     if workers is None:
         workers = 0 if device.type == "cpu" else min(4, (os.cpu_count() or 1) // env.world_size)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..config import preset_names
+from ..data import COLOR_AUGMENTATIONS
 from ..train import AMP_MODES, LR_SCHEDULES, TrainConfig, train
 from .common import (
     UsageError,
@@ -61,6 +62,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         choices=("pad", "skip"),
         default=d["small"],
         help="images smaller than the crop: reflect-pad them, or skip them (counted)",
+    )
+    g.add_argument(
+        "--scale-aug",
+        type=_zoom_range,
+        default=d["scale_aug"],
+        metavar="LO,HI",
+        help="zoom out each training crop by a random factor in [LO, HI] (e.g. 0.25,1: a crop covers up to "
+        "4x its side of the photo, resized down); default: crops at the photos' own resolution",
+    )
+    g.add_argument(
+        "--color-aug",
+        choices=COLOR_AUGMENTATIONS,
+        default=d["color_aug"],
+        help="random colour change of each training crop: permute the RGB channels, or rotate the hue",
+    )
+    g.add_argument(
+        "--cache-mb",
+        type=float,
+        default=d["cache_mb"],
+        metavar="MB",
+        help="keep up to MB megabytes of decoded training images in memory per process (0: decode every crop)",
     )
     g.add_argument(
         "--workers",
@@ -172,6 +194,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_no_download_argument(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     return p
+
+
+def _zoom_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    if not 0.0 < lo <= hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI <= 1, got {text!r}")
+    return (lo, hi)
 
 
 def run(args: argparse.Namespace) -> int:
