@@ -310,6 +310,46 @@ def test_decoder_only_stage_freezes_encoder_side():
 # -------------------------------------------------------------------------------------------
 # Persistence
 # -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scn_kernel", [1, 3])
+def test_scn_kernel_starts_as_identity_and_learns_from_neighbours(scn_kernel):
+    """scn_kernel 3: reflect-padded 3x3 scale/shift convs, still an identity at init; once trained,
+    a latent cell's scale reads its neighbours (with 1, only its own cell)."""
+    cfg = VAEConfig.from_preset("vivat-tiny").replace(scn_kernel=scn_kernel)
+    torch.manual_seed(0)
+    model = AutoencoderKL(cfg).eval()
+    norm = model.decoder.norm_out
+    assert isinstance(norm, SpatialNorm) and norm.conv_y.weight.shape[-1] == scn_kernel
+    assert isinstance(norm.conv_y, ReflectConv2d) == (scn_kernel == 3)
+    plain = AutoencoderKL(cfg.replace(scn=False, scn_kernel=1)).eval()
+    plain.load_state_dict(
+        {
+            k.replace(".norm_layer.", "."): v
+            for k, v in model.state_dict().items()
+            if ".conv_y." not in k and ".conv_b." not in k
+        }
+    )
+    z = torch.randn(1, 16, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(z), plain.decode(z), rtol=1e-5, atol=1e-5)
+        torch.nn.init.normal_(norm.conv_y.weight)
+        z2 = z.clone()
+        z2[..., 0, 0] += 1.0  # change one corner cell of the latent
+        f = torch.randn(1, 32, 32, 32)
+        diff = (norm(f, z2) - norm(f, z)).abs().amax(dim=1)[0]  # (32, 32) at image resolution
+    changed = diff > 1e-6
+    assert changed[:8, :8].all()  # the corner cell's own 8x8 pixels
+    assert changed[8:16, :8].any() == (scn_kernel == 3)  # its neighbour's pixels only with 3x3
+
+
+def test_scn_kernel_validated_and_saved(tmp_path):
+    with pytest.raises(vivat.errors.ConfigError, match="scn_kernel"):
+        VAEConfig.from_preset("vivat-tiny").replace(scn_kernel=2)
+    m = AutoencoderKL(VAEConfig.from_preset("vivat-tiny").replace(scn_kernel=3))
+    loaded = AutoencoderKL.from_pretrained(m.save_pretrained(tmp_path / "vae"))
+    assert loaded.config.scn_kernel == 3
+    assert loaded.decoder.norm_out.conv_b.weight.shape[-2:] == (3, 3)
+
+
 def test_save_load_round_trip(tmp_path, monkeypatch):
     m = tiny("vivat-tiny", seed=3)
     out = m.save_pretrained(tmp_path / "vae")

@@ -115,7 +115,8 @@ class VAEConfig:
 
     ``padding_mode`` applies to every 3x3 conv and to the (0, 1, 0, 1) pad of the stride-2
     downsample; ``scn`` puts spatially conditional norms (conditioned on the latent) in every
-    decoder norm. ``scaling_factor`` / ``shift_factor`` are not used by the VAE itself; they are
+    decoder norm, its scale and shift computed from the latent by ``scn_kernel`` x ``scn_kernel``
+    convs (1 as in MoVQ; 3: reflect-padded, so a latent cell's neighbours take part). ``scaling_factor`` / ``shift_factor`` are not used by the VAE itself; they are
     kept for the diffusion side, which feeds ``(z - shift_factor) * scaling_factor``.
     """
 
@@ -129,6 +130,7 @@ class VAEConfig:
     norm_groups: int = 32
     padding_mode: str = "reflect"
     scn: bool = True
+    scn_kernel: int = 1
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
     loss: LossConfig = field(default_factory=LossConfig)
@@ -150,6 +152,8 @@ class VAEConfig:
         _check_types(self, _ARCH_TYPES)
         if self.padding_mode not in PADDING_MODES:
             raise ConfigError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
+        if self.scn_kernel not in (1, 3):
+            raise ConfigError(f"scn_kernel must be 1 or 3, got {self.scn_kernel}")
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
             raise ConfigError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
         for name in ("in_channels", "out_channels", "ch", "z_channels", "norm_groups"):
@@ -289,6 +293,7 @@ _ARCH_TYPES = {
     "norm_groups": "int",
     "padding_mode": "str",
     "scn": "bool",
+    "scn_kernel": "int",
     "scaling_factor": "real",
     "shift_factor": "real",
 }

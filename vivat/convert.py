@@ -252,6 +252,9 @@ def infer_config(state: Mapping[str, Tensor], norm_groups: int = 32) -> VAEConfi
         norm_groups=norm_groups,
         padding_mode="zeros",
         scn="decoder.norm_out.conv_y.weight" in state,
+        scn_kernel=int(state["decoder.norm_out.conv_y.weight"].shape[-1])
+        if "decoder.norm_out.conv_y.weight" in state
+        else 1,
     )
 
 

@@ -92,11 +92,12 @@ def conv3x3(in_ch: int, out_ch: int, padding_mode: str) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=1, padding=1)
 
 
-def make_norm(channels: int, groups: int, act: str | None, zq_channels: int | None) -> nn.Module:
-    """GroupNorm (eps 1e-6) with optional fused SiLU; spatially conditional when ``zq_channels``."""
+def make_norm(channels: int, groups: int, act: str | None, zq_channels: int | None, zq_kernel: int = 1) -> nn.Module:
+    """GroupNorm (eps 1e-6) with optional fused SiLU; spatially conditional when ``zq_channels``
+    (its scale/shift convs ``zq_kernel`` x ``zq_kernel``)."""
     if zq_channels is None:
         return FusedGroupNorm(groups, channels, eps=1e-6, act=act)
-    norm = SpatialNorm(channels, zq_channels, num_groups=groups, eps=1e-6, act=act)
+    norm = SpatialNorm(channels, zq_channels, num_groups=groups, eps=1e-6, act=act, zq_kernel=zq_kernel)
     # Identity start: gamma = conv_y(z) = 1, beta = conv_b(z) = 0 for any z.
     nn.init.zeros_(norm.conv_y.weight)
     nn.init.ones_(norm.conv_y.bias)
@@ -113,11 +114,19 @@ def apply_norm(norm: nn.Module, x: Tensor, zq: Tensor | None) -> Tensor:
 class ResnetBlock(nn.Module):
     """LDM ResNet block: (norm -> SiLU -> conv3x3) x 2 plus a 1x1 ``nin_shortcut`` if widths differ."""
 
-    def __init__(self, in_ch: int, out_ch: int, groups: int, padding_mode: str, zq_channels: int | None = None):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        groups: int,
+        padding_mode: str,
+        zq_channels: int | None = None,
+        zq_kernel: int = 1,
+    ):
         super().__init__()
-        self.norm1 = make_norm(in_ch, groups, "silu", zq_channels)
+        self.norm1 = make_norm(in_ch, groups, "silu", zq_channels, zq_kernel)
         self.conv1 = conv3x3(in_ch, out_ch, padding_mode)
-        self.norm2 = make_norm(out_ch, groups, "silu", zq_channels)
+        self.norm2 = make_norm(out_ch, groups, "silu", zq_channels, zq_kernel)
         self.conv2 = conv3x3(out_ch, out_ch, padding_mode)
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, kernel_size=1) if in_ch != out_ch else None
 
@@ -131,9 +140,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """LDM single-head self-attention over all positions; q, k, v, proj_out are 1x1 convs."""
 
-    def __init__(self, channels: int, groups: int, zq_channels: int | None = None):
+    def __init__(self, channels: int, groups: int, zq_channels: int | None = None, zq_kernel: int = 1):
         super().__init__()
-        self.norm = make_norm(channels, groups, None, zq_channels)
+        self.norm = make_norm(channels, groups, None, zq_channels, zq_kernel)
         self.q = nn.Conv2d(channels, channels, kernel_size=1)
         self.k = nn.Conv2d(channels, channels, kernel_size=1)
         self.v = nn.Conv2d(channels, channels, kernel_size=1)
@@ -184,9 +193,10 @@ class MidBlock(nn.Module):
 
     def __init__(self, channels: int, cfg: VAEConfig, zq_channels: int | None):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, cfg.norm_groups, cfg.padding_mode, zq_channels)
-        self.attn_1 = AttnBlock(channels, cfg.norm_groups, zq_channels) if cfg.mid_attn else None
-        self.block_2 = ResnetBlock(channels, channels, cfg.norm_groups, cfg.padding_mode, zq_channels)
+        k = cfg.scn_kernel
+        self.block_1 = ResnetBlock(channels, channels, cfg.norm_groups, cfg.padding_mode, zq_channels, k)
+        self.attn_1 = AttnBlock(channels, cfg.norm_groups, zq_channels, k) if cfg.mid_attn else None
+        self.block_2 = ResnetBlock(channels, channels, cfg.norm_groups, cfg.padding_mode, zq_channels, k)
 
     def forward(self, x: Tensor, zq: Tensor | None = None) -> Tensor:
         x = self.block_1(x, zq)
@@ -270,11 +280,11 @@ class Decoder(nn.Module):
         for i in reversed(range(len(widths))):
             blocks = []
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResnetBlock(block_in, widths[i], groups, pm, zq_ch))
+                blocks.append(ResnetBlock(block_in, widths[i], groups, pm, zq_ch, cfg.scn_kernel))
                 block_in = widths[i]
             levels.insert(0, UpLevel(blocks, Upsample(block_in, pm) if i != 0 else None))
         self.up = nn.ModuleList(levels)
-        self.norm_out = make_norm(block_in, groups, "silu", zq_ch)
+        self.norm_out = make_norm(block_in, groups, "silu", zq_ch, cfg.scn_kernel)
         self.conv_out = conv3x3(block_in, cfg.out_channels, pm)
 
     def forward(self, h: Tensor, zq: Tensor | None = None) -> Tensor:

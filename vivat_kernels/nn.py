@@ -60,6 +60,10 @@ class SpatialNorm(nn.Module):
     resolution and the fused kernel reads the result by index: the full-resolution scale and
     shift never exist in memory. Parameter names match diffusers / MoVQ / KVAE
     (``norm_layer.*``, ``conv_y.*``, ``conv_b.*``).
+
+    ``zq_kernel=3`` makes ``conv_y``/``conv_b`` reflect-padded 3x3 convs (still at latent
+    resolution): each latent cell's scale and shift then blend its neighbours, as the decoder's
+    own 3x3 convs do. Not a diffusers/MoVQ layout (theirs are 1x1).
     """
 
     def __init__(
@@ -69,14 +73,22 @@ class SpatialNorm(nn.Module):
         num_groups: int = 32,
         eps: float = 1e-6,
         act: str | None = None,
+        zq_kernel: int = 1,
     ) -> None:
         super().__init__()
         if act not in ACTS:
             raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+        if zq_kernel not in (1, 3) or isinstance(zq_kernel, bool):
+            raise ValueError(f"zq_kernel must be 1 or 3, got {zq_kernel!r}")
         self.norm_layer = nn.GroupNorm(num_channels=f_channels, num_groups=num_groups, eps=eps, affine=True)
-        self.conv_y = nn.Conv2d(zq_channels, f_channels, kernel_size=1, stride=1, padding=0)
-        self.conv_b = nn.Conv2d(zq_channels, f_channels, kernel_size=1, stride=1, padding=0)
+        if zq_kernel == 1:
+            self.conv_y = nn.Conv2d(zq_channels, f_channels, kernel_size=1, stride=1, padding=0)
+            self.conv_b = nn.Conv2d(zq_channels, f_channels, kernel_size=1, stride=1, padding=0)
+        else:
+            self.conv_y = ReflectConv2d(zq_channels, f_channels, kernel_size=3, stride=1, padding=1)
+            self.conv_b = ReflectConv2d(zq_channels, f_channels, kernel_size=3, stride=1, padding=1)
         self.act = act
+        self.zq_kernel = zq_kernel
 
     def forward(self, f: Tensor, zq: Tensor) -> Tensor:
         if not isinstance(zq, Tensor) or zq.dim() != 4 or zq.shape[0] != f.shape[0]:
@@ -100,7 +112,10 @@ class SpatialNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"act={self.act!r}" if self.act else ""
+        parts = [f"act={self.act!r}"] if self.act else []
+        if self.zq_kernel != 1:
+            parts.append(f"zq_kernel={self.zq_kernel}")
+        return ", ".join(parts)
 
 
 class ReflectConv2d(nn.Conv2d):
