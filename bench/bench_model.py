@@ -383,7 +383,10 @@ def designs_note() -> str:
     if not any(counts.values()):
         design = rc.get_design()
         if design == "auto":  # CUDA's auto times and records; the cpp backend's auto is a rule
-            return "reflect conv designs picked by auto: eager (the cpp backend's fixed rule; nothing timed)"
+            return (
+                "reflect conv: auto on the cpp backend is the plain F.pad + F.conv2d by rule, called outside "
+                "the custom op (eager autograd and Inductor see both calls; nothing timed)"
+            )
         return f"reflect conv design {design} (nothing timed: forced, or no fused conv ran)"
     parts = [f"{phase} " + ", ".join(f"{d} x{n}" for d, n in sorted(c.items())) for phase, c in counts.items() if c]
     return "reflect conv designs picked by auto (per distinct conv shape): " + "; ".join(parts)

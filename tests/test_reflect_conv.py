@@ -420,6 +420,38 @@ def test_cpu_auto_runs_the_eager_design_without_timing():
     assert torch.equal(y, y_eager)
 
 
+def test_cpu_auto_is_the_plain_composite_outside_the_custom_op():
+    """auto on cpp: reflect_conv2d is F.pad + F.conv2d itself, so eager autograd is eager's bit for
+    bit, and torch.compile sees the two calls (no vivat op in its graph)."""
+    if not _backend.cpp_usable(torch.device("cpu"))[0]:
+        pytest.skip("C++ extension unavailable")
+    for channels_last in (False, True):
+        x, w, b, s, pad = make(CASES["down_odd"], torch.float32, "cpu", channels_last, seed=7)
+        x.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
+        with vk.use_backend("cpp"), rc.use_design("auto"):
+            y = vk.reflect_conv2d(x, w, b, s, pad)
+        assert "vivat" not in y.grad_fn.name().lower()
+        pad4 = reference.reflect_pad4(pad if isinstance(pad, int) else tuple(pad))
+        y_ref = F.conv2d(F.pad(x, pad4, mode="reflect"), w, b, s)
+        assert torch.equal(y, y_ref)
+        assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        dy = torch.randn_like(y)
+        got = torch.autograd.grad(y, (x, w, b), dy)
+        want = torch.autograd.grad(y_ref, (x, w, b), dy)
+        assert all(torch.equal(g, r) for g, r in zip(got, want))
+
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    x, w, b, s, pad = make(CASES["down_odd"], torch.float32, "cpu", False, seed=8)
+    with vk.use_backend("cpp"), rc.use_design("auto"):
+        fn = torch.compile(lambda a: vk.reflect_conv2d(a, w, b, s, pad), fullgraph=True, backend=counter)
+        torch.testing.assert_close(fn(x), F.conv2d(F.pad(x, reference.reflect_pad4(pad), mode="reflect"), w, b, s))
+    assert counter.frame_count == 1
+    graph_ops = {str(n.target) for g in counter.graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert not any("vivat" in t for t in graph_ops)
+
+
 def test_cpu_timed_times_every_design_once_and_caches_the_fastest():
     """timed on cpp: the first call per (phase, shape) times eager, slab and border on the real
     inputs and keeps the fastest (forward and backward apart); later calls reuse the choice."""

@@ -59,7 +59,10 @@ def info() -> int:
     for backend, designs in reflect_conv.BACKEND_DESIGNS.items():
         timed = f"the fastest of {', '.join(designs)}, timed on the first call of each shape and cached"
         if design == "auto" and backend == "cpp":
-            how = "auto = eager (a fixed rule on CPU keeps runs bit-reproducible; 'timed' times them all)"
+            how = (
+                "auto = plain F.pad + F.conv2d outside the custom op (a fixed rule on CPU keeps runs "
+                "bit-reproducible; 'timed' times them all)"
+            )
         elif design == "auto":
             how = f"auto = {timed} (interpreted on CPU: border)"
         elif design == "timed":

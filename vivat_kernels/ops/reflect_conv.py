@@ -32,9 +32,13 @@ Four designs compute the same thing:
   plus the list kernel for the mirrored positions; wgrad is split over positions with the splits
   summed in a fixed order.
 
-Design choice (``cpp`` and ``triton`` backends). On the ``cpp`` backend, ``auto`` runs ``"eager"`` (F.pad + the
-library conv): the designs agree only up to float rounding, and a choice made by a timing would let
-two runs of one seed, or a run and its resume, differ in their bits. On CUDA, and everywhere with
+Design choice (``cpp`` and ``triton`` backends). On the ``cpp`` backend, ``auto`` is the plain path
+by rule, and :func:`reflect_conv2d` then does not enter the custom op at all: it calls ``F.pad`` +
+``F.conv2d`` itself, so eager autograd runs ATen's own backward (no slower than a model's pad +
+conv, unlike the op's deterministic unpadding, which only CUDA needs) and ``torch.compile`` sees,
+and may fuse, the padding. A rule and not a timing because the designs agree only up to float
+rounding, and a choice made by the clock would let two runs of one seed, or a run and its resume,
+differ in their bits. On CUDA, and everywhere with
 ``"timed"``, the choice is a **cached first-call timing**. The first call for a given (phase, backend, device, shapes, stride, padding, dtype, layout) times
 every design the backend has (``BACKEND_DESIGNS``; the plain ``"eager"`` path always among them,
 so ``auto`` is never slower than eager beyond the timing's noise) on the real inputs (CUDA: 1
@@ -950,6 +954,11 @@ def reflect_conv2d(
         dtype = torch.get_autocast_dtype(device_type)
         x, weight, bias = (t.to(dtype) if t is not None else None for t in (x, weight, bias))
     _check_dtypes(x, weight, bias)
+    if _plain_composite(x.device.type):
+        # F.pad + F.conv2d in the open: autograd runs ATen's own backward, Inductor sees both calls.
+        fmt = memory_format_of(x)
+        xp = F.pad(x, pad4, mode="reflect") if any(pad4) else x
+        return F.conv2d(xp, as_format(weight, fmt), bias, stride).contiguous(memory_format=fmt)
     x = as_format(x, memory_format_of(x))
     weight = (
         weight
@@ -957,3 +966,17 @@ def reflect_conv2d(
         else weight.contiguous()
     )
     return reflect_conv2d_fwd(x, weight, bias, stride, list(pad4))
+
+
+@torch.compiler.assume_constant_result
+def _plain_composite(device_type: str) -> bool:
+    """True when ``auto`` on this device means the plain path by rule (the ``cpp`` backend, CPU).
+
+    The call then never enters the custom op: ``F.pad`` + ``F.conv2d`` run as a model would run
+    them, so eager autograd is exactly eager's (ATen's conv and reflection-pad backward, both
+    deterministic on CPU) and ``torch.compile`` sees, and may fuse, the padding. Decided once per
+    compiled graph (a constant to ``torch.compile``); eagerly, on every call.
+    """
+    if device_type != "cpu" or get_design() != "auto":
+        return False
+    return _backend.resolve(torch.device(device_type))[0] == "cpp"
