@@ -41,6 +41,7 @@ COLUMNS = [
     ("config", "config"),
     ("dtype", "dtype"),
     ("mode", "mode"),
+    ("patch", "patched by"),
     ("size", "image"),
     ("unpatched_ms", "unpatched ms"),
     ("patched_ms", "patched ms"),
@@ -67,9 +68,14 @@ def build(name: str, device: torch.device, dtype: torch.dtype):
 
 def run_case(name: str, dtype: torch.dtype, device: torch.device, args) -> list[dict]:
     plain = build(name, device, dtype)
-    fused = copy.deepcopy(plain)
-    report = patch(fused)
-    return [row for size in args.sizes for row in run_size(name, size, plain, fused, report, dtype, device, args)]
+    rows = []
+    for call in ("patch()", "patch(channels_last=True)") if args.channels_last else ("patch()",):
+        fused = copy.deepcopy(plain)
+        report = patch(fused, channels_last=call != "patch()")
+        for size in args.sizes:
+            for row in run_size(name, size, plain, fused, report, dtype, device, args):
+                rows.append({**row, "patch": call})
+    return rows
 
 
 def run_size(name: str, size: int, plain, fused, report, dtype: torch.dtype, device: torch.device, args) -> list[dict]:
@@ -120,6 +126,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="256", help="decoded image sides in pixels, comma list (default: 256)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
+    ap.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="also time patch(model, channels_last=True) (conv weights and activations NHWC) against the same baseline",
+    )
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of both models (median of rounds)")

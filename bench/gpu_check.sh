@@ -54,7 +54,7 @@ MODEL_STEPS=(
   "device|20|nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -m vivat_kernels info"
   "f8c16-step|170|python3 bench/bench_model.py --device cuda --preset vivat-f8c16 --dtype bfloat16 --only train,decode --train-batch 8 --sizes 1024 --compile --warmup 2 --reps 5 --rounds 2 --tag f8c16-step --out $RES"
   "fit-16gib|70|python3 bench/bench_model.py --device cuda --preset vivat-f8c16 --only '' --fit --fit-variants eager,fused --fit-budget-gib 16 --tag fit256 --out $RES && python3 bench/bench_model.py --device cuda --preset vivat-f8c16 --only '' --fit --fit-kinds train --fit-variants eager --train-size 512 --tag fit512 --out $RES"
-  "patch-sd|40|if ! python3 -c 'import diffusers' 2>/dev/null; then echo 'diffusers is not installed here: step skipped'; exit 0; fi; python3 bench/bench_patch.py --device cuda --configs sd --sizes 512,1024 --dtype bfloat16 --warmup 2 --reps 5 --tag sd --out $RES"
+  "patch-sd|40|if ! python3 -c 'import diffusers' 2>/dev/null; then echo 'diffusers is not installed here: step skipped'; exit 0; fi; python3 bench/bench_patch.py --device cuda --configs sd --sizes 512,1024 --dtype bfloat16 --channels-last --warmup 2 --reps 5 --tag sd --out $RES"
 )
 case "$PART" in
   kernels) STEPS=("${KERNEL_STEPS[@]}") ;;

@@ -353,3 +353,22 @@ def test_patched_module_types():
     assert isinstance(block.norm1, FusedGroupNorm) and block.norm1.act == "silu"
     assert isinstance(block.nonlinearity, nn.Identity)
     assert type(vae.encoder.mid_block.attentions[0].group_norm) is FusedGroupNormNd
+
+
+def test_channels_last_option_keeps_parameters_and_outputs():
+    vae = diffusers_vae(*DIFFUSERS_CONFIGS[0])
+    x = images()
+    with torch.no_grad():
+        ref = kl_forward(vae, x)
+    params = dict(vae.named_parameters())
+    report = vk.patch(vae, channels_last=True)
+    assert report.channels_last and "channels_last" in str(report)
+    assert all(p is params[name] for name, p in vae.named_parameters())  # same objects, for optimisers
+    convs = [m for m in vae.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    with torch.no_grad():
+        out = kl_forward(vae, x)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, **E2E)
+    assert out[2].is_contiguous(memory_format=torch.channels_last)
+    assert not vk.patch(diffusers_vae(*DIFFUSERS_CONFIGS[1])).channels_last
