@@ -43,6 +43,11 @@ the SCN 1x1 convs get small random weights so the conditional path is not the id
 * ``fused+compile``: the same for the fused model; its ops are ``torch.library`` custom ops, one
   opaque node each. A compiled variant whose first call fails is dropped and the error is listed
   under the tables.
+* ``eager-cl`` / ``fused-cl`` (``--channels-last``, on by default): ``eager`` and ``fused`` with
+  every 4-D weight and the input in ``torch.channels_last`` (``model.to(memory_format=...)``), so
+  the library convs run NHWC without reordering around each call and the fused norms read that
+  layout directly. ``x eager`` of ``fused-cl`` is the fused model in its best layout against the
+  plain model as written; ``eager-cl`` shows how much of that the layout alone gives.
 
 Timing: the first call of each variant (the compile time, for compiled ones) runs before the
 timed rounds and is reported as "first call s"; its output (the decoded image, or the training
@@ -101,7 +106,11 @@ VARIANTS = (
     ("fused", "auto", "fused", False),
     ("compile", "torch", "eager", True),
     ("fused+compile", "auto", "fused", True),
+    # the same two models with weights and activations in channels_last (--channels-last)
+    ("eager-cl", "torch", "eager-cl", False),
+    ("fused-cl", "auto", "fused-cl", False),
 )
+CL = torch.channels_last
 # (device type, case) -> [(row key, ">=" or "<=", threshold, label)], checked on the fused row.
 TARGETS: dict[tuple[str, str], list[tuple[str, str, float, str]]] = {
     ("cuda", "decode"): [("x_eager", ">=", 1.5, "time")],
@@ -190,7 +199,9 @@ def build_model(preset: str, device: torch.device) -> AutoencoderKL:
 # Runners: one decode call or one training step of one variant
 # -------------------------------------------------------------------------------------------
 class DecodeRunner:
-    def __init__(self, model: AutoencoderKL, backend: str, compiled: bool, z: Tensor):
+    def __init__(self, model: AutoencoderKL, backend: str, compiled: bool, z: Tensor, channels_last: bool = False):
+        if channels_last:
+            model, z = copy.deepcopy(model).to(memory_format=CL), z.contiguous(memory_format=CL)
         self.backend, self.z = backend, z
         self.fn: Callable[[Tensor], Tensor] = torch.compile(model.decode, dynamic=False) if compiled else model.decode
 
@@ -216,11 +227,15 @@ class TrainRunner:
         compiled: bool,
         x: Tensor,
         amp_dtype: torch.dtype | None,
+        channels_last: bool = False,
     ):
         device = x.device
         self.alloc_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         self.state_bytes: int | None = None
         self.model = (eager_copy(base) if eager else copy.deepcopy(base)).train()
+        if channels_last:
+            self.model.to(memory_format=CL)
+            x = x.contiguous(memory_format=CL)
         self.loss_fn = copy.deepcopy(base_loss).train()
         self.backend, self.x, self.amp_dtype = backend, x, amp_dtype
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -281,6 +296,8 @@ def kernels_label(name: str, fused_backend: str) -> str:
         "fused": fused_backend,
         "compile": "inductor",
         "fused+compile": f"{fused_backend}+inductor",
+        "eager-cl": "pytorch, channels_last",
+        "fused-cl": f"{fused_backend}, channels_last",
     }[name]
 
 
@@ -302,7 +319,7 @@ def run_case(
     diffs: dict[str, float | None] = {}
     reference_out: Tensor | None = None
     for name, backend, source, compiled in VARIANTS:
-        if compiled and not args.compile:
+        if (compiled and not args.compile) or (source.endswith("-cl") and not args.channels_last):
             continue
         try:
             runner = make(source, backend, compiled)
@@ -431,7 +448,7 @@ def decode_cases(
         ).to(dtype)
 
         def make(source: str, backend: str, compiled: bool, z: Tensor = z) -> DecodeRunner:
-            return DecodeRunner(models[source], backend, compiled, z)
+            return DecodeRunner(models[source.removesuffix("-cl")], backend, compiled, z, source.endswith("-cl"))
 
         yield run_case("decode", size, args.batch, make, fused_backend, args, device, notes)
 
@@ -463,7 +480,8 @@ def train_cases(
     amp_dtype = None if dtype == torch.float32 else dtype
 
     def make(source: str, backend: str, compiled: bool) -> TrainRunner:
-        return TrainRunner(base, base_loss, source == "eager", backend, compiled, x, amp_dtype)
+        eager, cl = source.startswith("eager"), source.endswith("-cl")
+        return TrainRunner(base, base_loss, eager, backend, compiled, x, amp_dtype, channels_last=cl)
 
     yield run_case("train", size, args.train_batch, make, fused_backend, args, device, notes)
 
@@ -488,16 +506,18 @@ def _probe_call(kind: str, variant: str, size: int, batch: int, base: Autoencode
     cfg = base.config
     if kind == "decode":
         model = copy.deepcopy(base).to(dtype).eval()
-        model = eager_copy(model) if source == "eager" else model
+        model = eager_copy(model) if source.startswith("eager") else model
         z = torch.randn(
             batch, cfg.z_channels, size // cfg.downsample_factor, size // cfg.downsample_factor, device=device
         ).to(dtype)
-        return DecodeRunner(model, backend, compiled, z)
+        return DecodeRunner(model, backend, compiled, z, source.endswith("-cl"))
     x = torch.rand(batch, cfg.in_channels, size, size, device=device) * 2 - 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loss = VAELoss(cfg.loss, in_channels=cfg.in_channels).to(device)
-    return TrainRunner(base, loss, source == "eager", backend, compiled, x, None if dtype == torch.float32 else dtype)
+    amp_dtype = None if dtype == torch.float32 else dtype
+    eager, cl = source.startswith("eager"), source.endswith("-cl")
+    return TrainRunner(base, loss, eager, backend, compiled, x, amp_dtype, channels_last=cl)
 
 
 def _footprint_mib(kind: str, variant: str, size: int, batch: int, base, args, device, dtype) -> float | None:
@@ -673,6 +693,12 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also run the torch.compile variants (default: on; slow to warm up on CPU)",
+    )
+    ap.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run eager and fused with weights and activations in channels_last (default: on)",
     )
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls per round (default: cpu 1; cuda 3)")
     ap.add_argument("--reps", type=int, default=None, help="timed calls per round (default: cpu 3; cuda 10)")

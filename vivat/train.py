@@ -164,6 +164,7 @@ class TrainConfig:
     decoder_only: bool = False
     disc_start: int | None = None
     compile: bool = False
+    channels_last: bool = False
     amp: str = "auto"
     device: str = "auto"
     workers: int | None = None
@@ -614,10 +615,14 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     if cfg.size % vae_cfg.downsample_factor:
         raise ValueError(f"size must be a multiple of {vae_cfg.downsample_factor} (the latent stride), got {cfg.size}")
     model.to(device)
+    if cfg.channels_last:  # NHWC convs end to end (oneDNN / cuDNN reorder NCHW around every call)
+        model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     with warnings.catch_warnings(record=True) as caught:  # reported once below, in our own words
         warnings.simplefilter("always")
         loss_fn = VAELoss(vae_cfg.loss, in_channels=vae_cfg.in_channels).to(device)
+        if cfg.channels_last:
+            loss_fn.to(memory_format=torch.channels_last)
     for w in caught:
         if "LPIPS" not in str(w.message):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -692,6 +697,8 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         val_set = ImageFolderDataset(val_root, cfg.size, train=False, small="pad", seed=cfg.seed)
         val_images = torch.stack([val_set[i] for i in range(min(cfg.val_images, len(val_set)))])
         val_source = f"{val_root} ({'--val' if cfg.val else 'training images, no --val given'})"
+
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     # ---- schedule ---------------------------------------------------------------------------
     switch = 0 if cfg.decoder_only else vae_cfg.loss.decoder_only_step(cfg.steps)
@@ -851,7 +858,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             opt_vae,
             opt_disc,
             scaler,
-            batch.to(device, non_blocking=True),
+            batch.to(device, non_blocking=True, memory_format=memory_format),
             step,
             seed=cfg.seed,
             amp_dtype=amp_dtype,

@@ -191,6 +191,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_device_argument(g, what="where to train")
     g.add_argument("--compile", action="store_true", help="torch.compile the VAE")
+    g.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="weights and activations in channels_last (NHWC): faster convs on CPU and with bf16 on GPU",
+    )
     add_no_download_argument(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     return p
