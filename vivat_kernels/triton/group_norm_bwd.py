@@ -5,13 +5,15 @@ Three launches at most: (1) the reduction (:func:`gn_reduce_nchw_kernel` /
 of da = dp*gamma and da*xhat plus the low-resolution block sums dgamma = sum(dp*a), dbeta =
 sum(dp); (2) :func:`.group_norm_bwd_finalize.gn_bwd_finalize_kernel` folds those partials, in a
 fixed order, into the per-group terms m1/m2 of dx, dweight/dbias (in the parameters' dtype) and,
-when tall low-res cells were split into row pieces, dgamma/dbeta; (3) the apply sweep computes dx. No host arithmetic, no
-atomics: every value is written by exactly one program, so results are bitwise reproducible.
+when tall low-res cells were split into row pieces, dgamma/dbeta; (3) the apply sweep computes dx.
+No host arithmetic, no atomics: every value is written by exactly one program, so results are
+bitwise reproducible.
 
 Reduction layout. NCHW: grid (N*C, K), a program covers whole rows of one plane. channels_last:
 grid (N*K, column runs, channel blocks). A row range never straddles a low-res row and the column
 walk is aligned to low-res columns, so every block sum has one writer; ``MODE`` (see
-:mod:`._gn_jit`) says how tiles relate to the block-sum grid.
+:mod:`._gn_jit`) says how tiles relate to the block-sum grid. The two layouts share their row
+ranges and per-tile terms (:func:`._gn_jit.row_range`, :func:`._gn_jit.reduce_terms`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._gn_jit import BLOCKSUM_CELLS, BLOCKSUM_FULL, BLOCKSUM_ROWS, gn_terms, silu_grad, src_index
+from ._gn_jit import BLOCKSUM_CELLS, BLOCKSUM_FULL, BLOCKSUM_ROWS, reduce_terms, row_range, src_index
 
 
 @triton.jit
@@ -120,12 +122,7 @@ def gn_reduce_nchw_kernel(
     n64 = n.to(tl.int64)
     c64 = c.to(tl.int64)
     k = tl.program_id(1)
-    i = k // KS
-    ks = k % KS
-    rs = tl.load(row_tab + i)
-    re = tl.load(row_tab + i + 1)
-    r0 = rs + ks * L_ROWS
-    r1 = tl.minimum(r0 + L_ROWS, re)
+    i, ks, r0, r1 = row_range(row_tab, k, KS, L_ROWS)
 
     mean = tl.load(mean_ptr + grp).to(ACC)
     rstd = tl.load(rstd_ptr + grp).to(ACC)
@@ -182,16 +179,10 @@ def gn_reduce_nchw_kernel(
                 if HAS_BE:
                     sr = src_index(rows, b_scale_h, bh)
                     bet = tl.load(bb + sr[:, None] * sbh + sc_b[None, :] * sbw, mask=m, other=0.0).to(ACC)
-                xhat, a, p = gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
-                if SILU:
-                    dp = dp * silu_grad(p)
-                dp = tl.where(m, dp, 0.0)
+                dp, a, da, dax = reduce_terms(x, dp, m, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE, SILU)
                 if STATS:
-                    da = dp
-                    if HAS_G:
-                        da = da * gam
                     acc1 += da
-                    acc2 += tl.where(m, da * xhat, 0.0)
+                    acc2 += dax
                 if MODE == BLOCKSUM_FULL:
                     if WANT_DG:
                         tl.store(
@@ -345,14 +336,9 @@ def gn_reduce_cl_kernel(
     pid = tl.program_id(0)
     n = pid // K
     k = pid % K
-    i = k // KS
-    ks = k % KS
     jb = tl.program_id(1)
     n64 = n.to(tl.int64)
-    rs = tl.load(row_tab + i)
-    re = tl.load(row_tab + i + 1)
-    r0 = rs + ks * L_ROWS
-    r1 = tl.minimum(r0 + L_ROWS, re)
+    i, ks, r0, r1 = row_range(row_tab, k, KS, L_ROWS)
 
     chans = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     chm = chans < C
@@ -411,16 +397,10 @@ def gn_reduce_cl_kernel(
                 if HAS_BE:
                     sr = src_index(r, b_scale_h, bh).to(tl.int64)
                     bet = tl.load(bb + sr * sbh + sc_b[:, None] * sbw + chans[None, :] * sbc, mask=m, other=0.0).to(ACC)
-                xhat, a, p = gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
-                if SILU:
-                    dp = dp * silu_grad(p)
-                dp = tl.where(m, dp, 0.0)
+                dp, a, da, dax = reduce_terms(x, dp, m, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE, SILU)
                 if STATS:
-                    da = dp
-                    if HAS_G:
-                        da = da * gam
                     acc1 += da
-                    acc2 += tl.where(m, da * xhat, 0.0)
+                    acc2 += dax
                 if MODE == BLOCKSUM_FULL:
                     if WANT_DG:
                         tl.store(
