@@ -47,9 +47,9 @@ the reference ``F.conv2d(F.pad(x, mode="reflect"))``; its backward is what autog
 (conv backward on the padded copy, then the reflection-pad backward).
 
 Border-term contract (``cpp``: ``csrc/reflect_conv.cpp``; ``triton``: the list kernels of
-``vivat_kernels/triton/reflect_conv.py``): ``fwd`` adds the terms to y at an int32 (P, 2) list of
-border outputs; ``dgrad`` adds to dx at a list of mirrored input positions; ``wgrad`` returns the
-float32 (float64) dweight terms. "Covered" outputs (``ConvGeometry.cover``) hold the library
+``vivat_kernels/triton/reflect_conv_kernels.py``): ``fwd`` adds the terms to y at an int32 (P, 2)
+list of border outputs; ``dgrad`` adds to dx at a list of mirrored input positions; ``wgrad``
+returns the float32 (float64) dweight terms. "Covered" outputs (``ConvGeometry.cover``) hold the library
 result; the others start at 0 and receive every tap plus the bias.
 
 Layouts: NCHW and channels_last (the output and dx keep x's memory format). dtypes: float32,
