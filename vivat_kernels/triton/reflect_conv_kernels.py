@@ -65,6 +65,29 @@ def _mma(acc, a, b, USE_DOT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.c
 
 
 @triton.jit
+def _acc_zeros(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_F64: tl.constexpr):
+    """The [BLOCK_M, BLOCK_N] accumulator: float64 for float64 operands, else float32."""
+    if ACC_F64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def _positions(pos_ptr, offs, mask, width, LIST: tl.constexpr):
+    """(row, column) of the positions ``offs``: read from the int32 (P, 2) list in list mode,
+    else the flat index split by the row width."""
+    if LIST:
+        row = tl.load(pos_ptr + 2 * offs, mask=mask, other=0)
+        col = tl.load(pos_ptr + 2 * offs + 1, mask=mask, other=0)
+    else:
+        row = offs // width
+        col = offs % width
+    return row, col
+
+
+@triton.jit
 def reflect_conv2d_fwd_kernel(
     x_ptr,
     w_ptr,
@@ -118,20 +141,13 @@ def reflect_conv2d_fwd_kernel(
     pid_n = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < P
+    oy, ox = _positions(pos_ptr, offs_m, mask_m, WO, LIST)
     if LIST:
-        oy = tl.load(pos_ptr + 2 * offs_m, mask=mask_m, other=0)
-        ox = tl.load(pos_ptr + 2 * offs_m + 1, mask=mask_m, other=0)
         uncovered = (oy >= HO_COV) | (ox >= WO_COV)
-    else:
-        oy = offs_m // WO
-        ox = offs_m % WO
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < CO
     offs_k = tl.arange(0, BLOCK_K)
-    if ACC_F64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _acc_zeros(BLOCK_M, BLOCK_N, ACC_F64)
     x_img = x_ptr + n * sxn
     if FLAT:
         blocks_per_tap = C // BLOCK_K
@@ -256,19 +272,11 @@ def reflect_conv2d_dgrad_kernel(
     pid_n = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < P
-    if LIST:
-        h = tl.load(pos_ptr + 2 * offs_m, mask=mask_m, other=0)
-        w = tl.load(pos_ptr + 2 * offs_m + 1, mask=mask_m, other=0)
-    else:
-        h = offs_m // W
-        w = offs_m % W
+    h, w = _positions(pos_ptr, offs_m, mask_m, W, LIST)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < C
     offs_k = tl.arange(0, BLOCK_K)
-    if ACC_F64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _acc_zeros(BLOCK_M, BLOCK_N, ACC_F64)
     dy_img = dy_ptr + n * sdn
     if FLAT:
         # Dense mode, CO a multiple of BLOCK_K: one pipelined loop over (tap, channel block).
@@ -401,22 +409,14 @@ def reflect_conv2d_wgrad_kernel(
     mask_o = offs_o < CO
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_c = offs_c < C
-    if ACC_F64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _acc_zeros(BLOCK_M, BLOCK_N, ACC_F64)
     start = split * CHUNKS_PER_SPLIT * BLOCK_K
     for i in range(CHUNKS_PER_SPLIT):
         offs_t = start + i * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_t = offs_t < TOTAL
         img = (offs_t // P).to(tl.int64)
         pp = offs_t % P
-        if LIST:
-            oy = tl.load(pos_ptr + 2 * pp, mask=mask_t, other=0)
-            ox = tl.load(pos_ptr + 2 * pp + 1, mask=mask_t, other=0)
-        else:
-            oy = pp // WO
-            ox = pp % WO
+        oy, ox = _positions(pos_ptr, pp, mask_t, WO, LIST)
         iy_raw = oy * STRIDE - PAD_T + ky
         ix_raw = ox * STRIDE - PAD_L + kx
         iy = _reflect(iy_raw, H)
