@@ -1,8 +1,9 @@
 """Device helpers shared by every GroupNorm-family kernel (NCHW and channels_last alike).
 
 The tile math lives here once: the nearest-upsampling source index, the normalised value and the
-pre-activation, the activation and its derivative, the dx formula, and the fixed-order merge of
-(mean, M2) partials. Kernels differ only in how they walk memory.
+pre-activation, the activation and its derivative, the dx formula, the backward reduction's row
+ranges and per-tile terms, and the fixed-order merge of (mean, M2) partials. Kernels differ only
+in how they walk memory.
 """
 
 from __future__ import annotations
@@ -71,6 +72,49 @@ def dx_value(dp, p, xhat, gam, w, rstd, m1, m2, SILU: tl.constexpr, HAS_G: tl.co
     if HAS_W:
         dxh = dxh * w
     return rstd * (dxh - m1 - xhat * m2)
+
+
+@triton.jit
+def row_range(row_tab, k, KS, L_ROWS):
+    """Row range k of a backward reduction: piece ``k % KS`` of row-table entry ``i = k // KS``
+    (a low-res row's high-res rows, or a plain row block); returns (i, piece, r0, r1)."""
+    i = k // KS
+    ks = k % KS
+    rs = tl.load(row_tab + i)
+    re = tl.load(row_tab + i + 1)
+    r0 = rs + ks * L_ROWS
+    r1 = tl.minimum(r0 + L_ROWS, re)
+    return i, ks, r0, r1
+
+
+@triton.jit
+def reduce_terms(
+    x,
+    dp,
+    m,
+    mean,
+    rstd,
+    w,
+    b,
+    gam,
+    bet,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_G: tl.constexpr,
+    HAS_BE: tl.constexpr,
+    SILU: tl.constexpr,
+):
+    """A backward-reduction tile's terms from x and dy (``dp`` on entry): dp = dy * act'(p) (0
+    outside the mask m), the affine output a, da = dp * gamma and da * xhat (0 outside m).
+    dgamma sums dp * a, dbeta dp; the dx and dweight/dbias partials sum da and da * xhat."""
+    xhat, a, p = gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
+    if SILU:
+        dp = dp * silu_grad(p)
+    dp = tl.where(m, dp, 0.0)
+    da = dp
+    if HAS_G:
+        da = da * gam
+    return dp, a, da, tl.where(m, da * xhat, 0.0)
 
 
 @triton.jit

@@ -1,17 +1,19 @@
 """Backward kernels of the fused GroupNorm family (dx itself is the apply sweep in BWD mode).
 
 Three launches at most: (1) the reduction (:func:`gn_reduce_nchw_kernel` /
-:func:`gn_reduce_cl_kernel`) reads x and dy once and writes per-program partial sums of
-da = dp*gamma and da*xhat plus the low-resolution block sums dgamma = sum(dp*a), dbeta = sum(dp);
-(2) :func:`gn_bwd_finalize_kernel` folds those partials, in a fixed order, into the per-group
-terms m1/m2 of dx, dweight/dbias (in the parameters' dtype) and, when tall low-res cells were
-split into row pieces, dgamma/dbeta; (3) the apply sweep computes dx. No host arithmetic, no
-atomics: every value is written by exactly one program, so results are bitwise reproducible.
+:func:`gn_reduce_cl_kernel`, this module) reads x and dy once and writes per-program partial sums
+of da = dp*gamma and da*xhat plus the low-resolution block sums dgamma = sum(dp*a), dbeta =
+sum(dp); (2) :func:`.group_norm_bwd_finalize.gn_bwd_finalize_kernel` folds those partials, in a
+fixed order, into the per-group terms m1/m2 of dx, dweight/dbias (in the parameters' dtype) and,
+when tall low-res cells were split into row pieces, dgamma/dbeta; (3) the apply sweep computes dx.
+No host arithmetic, no atomics: every value is written by exactly one program, so results are
+bitwise reproducible.
 
 Reduction layout. NCHW: grid (N*C, K), a program covers whole rows of one plane. channels_last:
 grid (N*K, column runs, channel blocks). A row range never straddles a low-res row and the column
 walk is aligned to low-res columns, so every block sum has one writer; ``MODE`` (see
-:mod:`._gn_jit`) says how tiles relate to the block-sum grid.
+:mod:`._gn_jit`) says how tiles relate to the block-sum grid. The two layouts share their row
+ranges and per-tile terms (:func:`._gn_jit.row_range`, :func:`._gn_jit.reduce_terms`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._gn_jit import BLOCKSUM_CELLS, BLOCKSUM_FULL, BLOCKSUM_ROWS, gn_terms, silu_grad, src_index
+from ._gn_jit import BLOCKSUM_CELLS, BLOCKSUM_FULL, BLOCKSUM_ROWS, reduce_terms, row_range, src_index
 
 
 @triton.jit
@@ -120,12 +122,7 @@ def gn_reduce_nchw_kernel(
     n64 = n.to(tl.int64)
     c64 = c.to(tl.int64)
     k = tl.program_id(1)
-    i = k // KS
-    ks = k % KS
-    rs = tl.load(row_tab + i)
-    re = tl.load(row_tab + i + 1)
-    r0 = rs + ks * L_ROWS
-    r1 = tl.minimum(r0 + L_ROWS, re)
+    i, ks, r0, r1 = row_range(row_tab, k, KS, L_ROWS)
 
     mean = tl.load(mean_ptr + grp).to(ACC)
     rstd = tl.load(rstd_ptr + grp).to(ACC)
@@ -182,16 +179,10 @@ def gn_reduce_nchw_kernel(
                 if HAS_BE:
                     sr = src_index(rows, b_scale_h, bh)
                     bet = tl.load(bb + sr[:, None] * sbh + sc_b[None, :] * sbw, mask=m, other=0.0).to(ACC)
-                xhat, a, p = gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
-                if SILU:
-                    dp = dp * silu_grad(p)
-                dp = tl.where(m, dp, 0.0)
+                dp, a, da, dax = reduce_terms(x, dp, m, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE, SILU)
                 if STATS:
-                    da = dp
-                    if HAS_G:
-                        da = da * gam
                     acc1 += da
-                    acc2 += tl.where(m, da * xhat, 0.0)
+                    acc2 += dax
                 if MODE == BLOCKSUM_FULL:
                     if WANT_DG:
                         tl.store(
@@ -345,14 +336,9 @@ def gn_reduce_cl_kernel(
     pid = tl.program_id(0)
     n = pid // K
     k = pid % K
-    i = k // KS
-    ks = k % KS
     jb = tl.program_id(1)
     n64 = n.to(tl.int64)
-    rs = tl.load(row_tab + i)
-    re = tl.load(row_tab + i + 1)
-    r0 = rs + ks * L_ROWS
-    r1 = tl.minimum(r0 + L_ROWS, re)
+    i, ks, r0, r1 = row_range(row_tab, k, KS, L_ROWS)
 
     chans = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     chm = chans < C
@@ -411,16 +397,10 @@ def gn_reduce_cl_kernel(
                 if HAS_BE:
                     sr = src_index(r, b_scale_h, bh).to(tl.int64)
                     bet = tl.load(bb + sr * sbh + sc_b[:, None] * sbw + chans[None, :] * sbc, mask=m, other=0.0).to(ACC)
-                xhat, a, p = gn_terms(x, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE)
-                if SILU:
-                    dp = dp * silu_grad(p)
-                dp = tl.where(m, dp, 0.0)
+                dp, a, da, dax = reduce_terms(x, dp, m, mean, rstd, w, b, gam, bet, HAS_W, HAS_B, HAS_G, HAS_BE, SILU)
                 if STATS:
-                    da = dp
-                    if HAS_G:
-                        da = da * gam
                     acc1 += da
-                    acc2 += tl.where(m, da * xhat, 0.0)
+                    acc2 += dax
                 if MODE == BLOCKSUM_FULL:
                     if WANT_DG:
                         tl.store(
@@ -472,279 +452,3 @@ def gn_reduce_cl_kernel(
         po = n64 * p_sn + chans * p_sc + (k * NJB + jb).to(tl.int64) * p_sk
         tl.store(p_ptr + po, tl.sum(acc1, axis=0), mask=chm)
         tl.store(p_ptr + P_OFF + po, tl.sum(acc2, axis=0), mask=chm)
-
-
-@triton.jit
-def _group_terms(
-    p_ptr,
-    P_OFF,
-    w_ptr,
-    m1_ptr,
-    m2_ptr,
-    q,
-    C,
-    CPG,
-    KP,
-    p_sn,
-    p_sc,
-    p_sk,
-    inv_cnt,
-    HAS_W: tl.constexpr,
-    BLOCK_J: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    """m1 = sum_c w_c s1 / cnt and m2 = sum_c w_c s2 / cnt of group q = n*G + g."""
-    n = q // (C // CPG)
-    g = q % (C // CPG)
-    j = tl.arange(0, BLOCK_J)
-    ks = tl.arange(0, BLOCK_K)
-    chans = g * CPG + j
-    cm = j < CPG
-    wv = tl.full([BLOCK_J], 1.0, ACC)
-    if HAS_W:
-        wv = tl.load(w_ptr + chans, mask=cm, other=0.0).to(ACC)
-    a1 = tl.zeros([BLOCK_J, BLOCK_K], dtype=ACC)
-    a2 = tl.zeros([BLOCK_J, BLOCK_K], dtype=ACC)
-    base = p_ptr + n.to(tl.int64) * p_sn + chans.to(tl.int64)[:, None] * p_sc
-    for k0 in range(0, KP, BLOCK_K):
-        kv = k0 + ks
-        m = cm[:, None] & (kv < KP)[None, :]
-        a1 += tl.load(base + kv[None, :] * p_sk, mask=m, other=0.0).to(ACC)
-        a2 += tl.load(base + P_OFF + kv[None, :] * p_sk, mask=m, other=0.0).to(ACC)
-    tl.store(m1_ptr + q, tl.sum(tl.sum(a1, axis=1) * wv, axis=0) * inv_cnt)
-    tl.store(m2_ptr + q, tl.sum(tl.sum(a2, axis=1) * wv, axis=0) * inv_cnt)
-
-
-@triton.jit
-def _param_grads(
-    p_ptr,
-    P_OFF,
-    dw_ptr,
-    db_ptr,
-    cb,
-    N,
-    C,
-    KP,
-    p_sn,
-    p_sc,
-    p_sk,
-    WANT_DW: tl.constexpr,
-    WANT_DB: tl.constexpr,
-    BLOCK_CF: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    """dbias = sum_{n,k} s1 and dweight = sum_{n,k} s2 for channel block cb."""
-    chans = cb * BLOCK_CF + tl.arange(0, BLOCK_CF)
-    ks = tl.arange(0, BLOCK_K)
-    cm = chans < C
-    a1 = tl.zeros([BLOCK_CF, BLOCK_K], dtype=ACC)
-    a2 = tl.zeros([BLOCK_CF, BLOCK_K], dtype=ACC)
-    for n in range(N):
-        base = p_ptr + n * p_sn + chans.to(tl.int64)[:, None] * p_sc
-        for k0 in range(0, KP, BLOCK_K):
-            kv = k0 + ks
-            m = cm[:, None] & (kv < KP)[None, :]
-            if WANT_DB:
-                a1 += tl.load(base + kv[None, :] * p_sk, mask=m, other=0.0).to(ACC)
-            if WANT_DW:
-                a2 += tl.load(base + P_OFF + kv[None, :] * p_sk, mask=m, other=0.0).to(ACC)
-    if WANT_DB:
-        tl.store(db_ptr + chans, tl.sum(a1, axis=1).to(db_ptr.dtype.element_ty), mask=cm)
-    if WANT_DW:
-        tl.store(dw_ptr + chans, tl.sum(a2, axis=1).to(dw_ptr.dtype.element_ty), mask=cm)
-
-
-@triton.jit
-def _piece_sum(
-    src_ptr,
-    dst_ptr,
-    row,
-    C,
-    LOWH,
-    LOWW,
-    KS,
-    sn,
-    sc,
-    si,
-    sk,
-    sj,
-    on,
-    oc,
-    oi,
-    oj,
-    BLOCK_LW: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    """Low-res row (n, c, i) of dgamma/dbeta: the sum of its KS row pieces, in order."""
-    i = row % LOWH
-    nc = row // LOWH
-    n = (nc // C).to(tl.int64)
-    c = (nc % C).to(tl.int64)
-    ks = tl.arange(0, BLOCK_K)
-    lw = tl.arange(0, BLOCK_LW)
-    for j0 in range(0, LOWW, BLOCK_LW):
-        jv = j0 + lw
-        m = (jv < LOWW)[:, None] & (ks < KS)[None, :]
-        v = tl.load(src_ptr + n * sn + c * sc + i * si + ks[None, :] * sk + jv[:, None] * sj, mask=m, other=0.0)
-        tl.store(
-            dst_ptr + n * on + c * oc + i * oi + jv * oj,
-            tl.sum(v.to(ACC), axis=1).to(dst_ptr.dtype.element_ty),
-            mask=jv < LOWW,
-        )
-
-
-@triton.jit
-def gn_bwd_finalize_kernel(
-    p_ptr,
-    P_OFF,
-    w_ptr,
-    m1_ptr,
-    m2_ptr,
-    dw_ptr,
-    db_ptr,
-    dgp_ptr,
-    dbp_ptr,
-    dg_ptr,
-    dbe_ptr,
-    N,
-    C,
-    CPG,
-    KP,
-    p_sn,
-    p_sc,
-    p_sk,
-    inv_cnt,
-    NG_PROGS,
-    NCB_PROGS,
-    LOWH,
-    LOWW,
-    KS,
-    pgn,
-    pgc,
-    pgi,
-    pgk,
-    pgj,
-    ogn,
-    ogc,
-    ogi,
-    ogj,
-    pbn,
-    pbc,
-    pbi,
-    pbk,
-    pbj,
-    obn,
-    obc,
-    obi,
-    obj,
-    WANT_M: tl.constexpr,
-    WANT_DW: tl.constexpr,
-    WANT_DB: tl.constexpr,
-    HAS_W: tl.constexpr,
-    SUM_DG: tl.constexpr,
-    SUM_DBE: tl.constexpr,
-    BLOCK_J: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_CF: tl.constexpr,
-    BLOCK_LW: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    """Fold the reduction's partials; three roles by program id, each a fixed-order sum.
-
-    Partials: s1 (sum of da) at p + n*p_sn + c*p_sc + k*p_sk for k < KP, s2 (sum of da*xhat)
-    at the same offsets + P_OFF.
-    * programs [0, NG_PROGS): the per-group terms m1/m2 of dx (:func:`_group_terms`);
-    * the next NCB_PROGS: dweight/dbias of a channel block, in the parameters' dtype;
-    * the rest: one low-res row of dgamma/dbeta from its KS row pieces (tall cells only).
-    """
-    pid = tl.program_id(0)
-    if pid < NG_PROGS:
-        if WANT_M:
-            _group_terms(
-                p_ptr,
-                P_OFF,
-                w_ptr,
-                m1_ptr,
-                m2_ptr,
-                pid,
-                C,
-                CPG,
-                KP,
-                p_sn,
-                p_sc,
-                p_sk,
-                inv_cnt,
-                HAS_W,
-                BLOCK_J,
-                BLOCK_K,
-                ACC,
-            )
-    elif pid < NG_PROGS + NCB_PROGS:
-        if WANT_DW or WANT_DB:
-            _param_grads(
-                p_ptr,
-                P_OFF,
-                dw_ptr,
-                db_ptr,
-                pid - NG_PROGS,
-                N,
-                C,
-                KP,
-                p_sn,
-                p_sc,
-                p_sk,
-                WANT_DW,
-                WANT_DB,
-                BLOCK_CF,
-                BLOCK_K,
-                ACC,
-            )
-    else:
-        row = pid - NG_PROGS - NCB_PROGS
-        if SUM_DG:
-            _piece_sum(
-                dgp_ptr,
-                dg_ptr,
-                row,
-                C,
-                LOWH,
-                LOWW,
-                KS,
-                pgn,
-                pgc,
-                pgi,
-                pgk,
-                pgj,
-                ogn,
-                ogc,
-                ogi,
-                ogj,
-                BLOCK_LW,
-                BLOCK_K,
-                ACC,
-            )
-        if SUM_DBE:
-            _piece_sum(
-                dbp_ptr,
-                dbe_ptr,
-                row,
-                C,
-                LOWH,
-                LOWW,
-                KS,
-                pbn,
-                pbc,
-                pbi,
-                pbk,
-                pbj,
-                obn,
-                obc,
-                obi,
-                obj,
-                BLOCK_LW,
-                BLOCK_K,
-                ACC,
-            )
