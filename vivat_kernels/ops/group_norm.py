@@ -246,6 +246,21 @@ def _eager(x, num_groups, weight, bias, gamma, beta, eps, act):
     return F.silu(y) if act == "silu" else y
 
 
+@torch.compiler.assume_constant_result
+def _inductor_decomposes(device_type: str) -> bool:
+    """Under ``torch.compile`` on CPU with the backend left on ``auto``: hand the op to Inductor as
+    plain ATen (GroupNorm, the nearest-upsampled SCN terms, SiLU) instead of the opaque C++ op.
+
+    Inductor fuses those with the neighbouring convs' bias, the residual adds and the layout it
+    picks for the convs, which an opaque op prevents; on two CPU cores that made the compiled
+    vivat-tiny decode faster than with the C++ op inside (bench/results/model-*-cpu.md). SCN's
+    scale and shift are still computed at latent resolution (the upsampling is an index that
+    Inductor folds into its kernel). A forced backend (``use_backend("cpp")``) keeps the op.
+    Decided once per compiled graph.
+    """
+    return device_type == "cpu" and _backend.get_backend() == "auto"
+
+
 def _time_call(fn, x: Tensor, backward: bool) -> float:
     import time
 
@@ -324,7 +339,22 @@ def _fused_apply(backend, x, num_groups, weight, bias, gamma, beta, eps, act, gr
 # --------------------------------------------------------------------------------------------
 # custom ops
 # --------------------------------------------------------------------------------------------
-@torch.library.custom_op("vivat::group_norm_fwd", mutates_args=())
+# ``flexible_layout``: the kernels read and write NCHW and channels_last alike, so Inductor may hand
+# over its buffers in whichever of the two it chose for the neighbouring convs (without the tag it
+# would convert every input back to the layout seen while tracing, and the output again after).
+# Any other layout is made dense (NCHW) inside the op; the fake kernels state the same rule.
+_LAYOUT_TAGS = (torch.Tag.flexible_layout,)
+
+
+def _dense(t: Tensor | None) -> Tensor | None:
+    return None if t is None else as_format(t, memory_format_of(t))
+
+
+def _empty_in_format(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    return torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device, memory_format=memory_format_of(t))
+
+
+@torch.library.custom_op("vivat::group_norm_fwd", mutates_args=(), tags=_LAYOUT_TAGS)
 def group_norm_fwd(
     x: Tensor,
     weight: Optional[Tensor],
@@ -336,6 +366,7 @@ def group_norm_fwd(
     act: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     fwd, _ = _impl(_resolve(x)[0])
+    x, gamma, beta = _dense(x), _dense(gamma), _dense(beta)
     y, mean, rstd = fwd(x, weight, bias, gamma, beta, num_groups, eps, act == "silu")
     return y, mean, rstd
 
@@ -344,10 +375,10 @@ def group_norm_fwd(
 def _(x, weight, bias, gamma, beta, num_groups, eps, act):
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     stats = x.new_empty((x.shape[0], num_groups), dtype=acc)
-    return torch.empty_like(x), stats, torch.empty_like(stats)
+    return _empty_in_format(x), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("vivat::group_norm_bwd", mutates_args=())
+@torch.library.custom_op("vivat::group_norm_bwd", mutates_args=(), tags=_LAYOUT_TAGS)
 def group_norm_bwd(
     dy: Tensor,
     x: Tensor,
@@ -364,6 +395,8 @@ def group_norm_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     mask = [bool(m) and t is not None for m, t in zip(mask, (x, weight, bias, gamma, beta))]
     _, bwd = _impl(_resolve(x)[0])
+    x, gamma, beta = _dense(x), _dense(gamma), _dense(beta)
+    dy = as_format(dy, memory_format_of(x))
     grads = bwd(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, act == "silu", mask)
     return tuple(_none_to_empty(g, x) for g in grads)  # type: ignore[return-value]
 
@@ -375,8 +408,10 @@ def _(dy, x, weight, bias, gamma, beta, mean, rstd, num_groups, eps, act, mask):
     for t, m, is_param in zip((x, weight, bias, gamma, beta), mask, (False, True, True, False, False)):
         if t is None or not m:
             out.append(x.new_empty(0))
+        elif is_param:
+            out.append(torch.empty_like(t, dtype=acc))
         else:
-            out.append(torch.empty_like(t, dtype=acc if is_param else t.dtype))
+            out.append(_empty_in_format(t))
     return tuple(out)
 
 
@@ -490,6 +525,8 @@ def fused_group_norm(
     gamma = as_format(gamma, fmt)
     beta = as_format(beta, fmt)
     if torch.compiler.is_compiling():
+        if _inductor_decomposes(x.device.type):
+            return _eager(x, num_groups, weight, bias, gamma, beta, eps, act)
         return group_norm_fwd(x, weight, bias, gamma, beta, num_groups, eps, act)[0]
     if n == 0:
         _LAST[0] = ("eager", "empty batch")
