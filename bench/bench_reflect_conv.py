@@ -199,20 +199,29 @@ def bench_shape(name, shape, dtype, channels_last, device, args, compiled_cache)
         "dtype": str(dtype).replace("torch.", ""),
         "layout": "cl" if channels_last else "nchw",
     }
+    # Alternating rounds: every variant once per round, the median of the rounds reported, so a
+    # change of machine load hits every variant alike (variants that run the same calls, as
+    # vivat:auto and eager on the cpp backend, then read ~1.0x instead of the load's drift).
+    times: dict[str, dict[str, list[float]]] = {v: {"fwd": [], "bwd": []} for v in variants}
+    t0 = time.perf_counter()
+    for _ in range(args.rounds):
+        for vname, fwd in variants.items():
+            with torch.no_grad():
+                times[vname]["fwd"].append(timed_ms(fwd, device, warmup=args.warmup, reps=args.reps))
+            y = fwd()
+            dy = torch.randn_like(y)
+            times[vname]["bwd"].append(
+                timed_ms(
+                    lambda y=y, dy=dy: torch.autograd.grad(y, inputs, dy, retain_graph=True),
+                    device,
+                    warmup=args.warmup,
+                    reps=args.reps,
+                )
+            )
+            del y
     for vname, fwd in variants.items():
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            fwd_ms = timed_ms(fwd, device, warmup=args.warmup, reps=args.reps)
-        y = fwd()
-        dy = torch.randn_like(y)
-        bwd_ms = timed_ms(
-            lambda y=y, dy=dy: torch.autograd.grad(y, inputs, dy, retain_graph=True),
-            device,
-            warmup=args.warmup,
-            reps=args.reps,
-        )
-        del y
         mem = memory_mb(Call(fwd, inputs), device)
+        fwd_ms, bwd_ms = (statistics.median(times[vname][phase]) for phase in ("fwd", "bwd"))
         rows.append(dict(base, variant=vname, fwd_ms=fwd_ms, bwd_ms=bwd_ms, **mem, wall_s=time.perf_counter() - t0))
     if args.profile and device.type == "cuda":
         profile_designs(x, wt, b, s, pad4, inputs)
@@ -286,6 +295,9 @@ def main(argv=None) -> int:
         default=None,
         help="divide H, W by this on CPU (default 2; 4 with --quick); 1 = the full VAE sizes",
     )
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of all variants (median of rounds; default 3)"
+    )
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile variant")
@@ -327,7 +339,7 @@ def main(argv=None) -> int:
     div = 1 if cuda else (args.cpu_div or (4 if args.quick else 2))
 
     env = environment(device)
-    env.update(cpu_div=div, warmup=args.warmup, reps=args.reps)
+    env.update(cpu_div=div, warmup=args.warmup, reps=args.reps, rounds=args.rounds)
     print(
         f"# reflect conv benchmark on {env['device']} (torch {env['torch']}, triton {env['triton']})"
         + (f"; CPU shapes have H, W / {div}" if div > 1 else "")

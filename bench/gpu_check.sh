@@ -45,7 +45,7 @@ KERNEL_STEPS=(
 )
 if [ "${FULL:-0}" = 1 ]; then
   KERNEL_STEPS+=(
-    "conv-bench|200|python3 bench/bench_reflect_conv.py --device cuda --out $RES"
+    "conv-bench|200|python3 bench/bench_reflect_conv.py --device cuda --rounds 1 --out $RES"
     "patch-bench|120|if ! python3 -c 'import diffusers' 2>/dev/null; then echo 'diffusers is not installed here: step skipped'; exit 0; fi; python3 bench/bench_patch.py --device cuda --configs tiny,sd --dtype bfloat16 --out $RES"
     "model-bench|120|python3 bench/bench_model.py --device cuda --only train,decode --out $RES --no-compile"
   )
