@@ -352,8 +352,9 @@ LDM_LOSS = LossConfig(
 VIVAT_LOSS = dataclasses.replace(LDM_LOSS, kl_weight=1e-7, adaptive_weight_max=0.01, decoder_only_from=0.9)
 
 # Tiny presets: the same weights on a short schedule. The discriminator starts at step 600, 60% of
-# the 1000-step `vivat demo` run (bench/results/recipe-2026-11-29-cpu.md: the reconstruction has
-# settled by then, so the adversarial term acts on a model worth sharpening, inside the run).
+# a 1000-step run (bench/results/recipe-2026-11-29-cpu.md: the reconstruction has settled by then,
+# so the adversarial term acts on a model worth sharpening, inside the run); `vivat demo` sets it
+# to 60% of its own steps.
 _TINY_DISC_START = 600
 
 _FULL_ARCH = {"ch": 128, "ch_mult": (1, 2, 4, 4), "num_res_blocks": 2, "mid_attn": True, "norm_groups": 32}
