@@ -28,6 +28,16 @@ from typing import Any
 
 # name -> (what it is, settings). Every setting is a vivat.train.TrainConfig field (plus "preset").
 COMMON: dict[str, Any] = {"preset": "vivat-tiny", "steps": 400, "size": 64, "batch_size": 4, "lr": 1e-3}
+_DEMO: dict[str, Any] = {
+    "steps": 1000,
+    "size": 128,
+    "batch_size": 1,
+    "lr": 2e-3,
+    "lr_schedule": "cosine",
+    "warmup_steps": 30,
+    "disc_start": 600,
+    "changes": {},
+}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "const-64": ("today's demo: constant lr 1e-3, 64 px x 4", {}),
     "cos-64": ("cosine 2e-3 -> 5%, 30 warm-up, 64 px x 4", {"lr": 2e-3, "lr_schedule": "cosine", "warmup_steps": 30}),
@@ -48,6 +58,36 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "cosine 2e-3, 64 px x 4, 800 steps",
         {"lr": 2e-3, "lr_schedule": "cosine", "warmup_steps": 30, "steps": 800},
     ),
+    # the demo's own recipe and data regime (six photos; run with --data on the demo's train
+    # folder, see the results file), then augmentations that let six photos stand for more
+    "demo": (
+        "the demo recipe: 1000 steps of 128 px x 1, cosine 2e-3, disc from 600",
+        {**_DEMO},
+    ),
+    "demo-zoom": (
+        "demo + zoom-out crops (factor 0.25-1, antialiased)",
+        {**_DEMO, "scale_aug": (0.25, 1.0)},
+    ),
+    "demo-zoom-permute": (
+        "demo + zoom-out + random RGB channel order",
+        {**_DEMO, "scale_aug": (0.25, 1.0), "color_aug": "permute"},
+    ),
+    "demo-zoom-hue": (
+        "demo + zoom-out + random hue rotation",
+        {**_DEMO, "scale_aug": (0.25, 1.0), "color_aug": "hue"},
+    ),
+    "demo-zoom-permute-b9": (
+        "demo + zoom-out + RGB order, AdamW betas (0.9, 0.99) instead of the GAN-style (0.5, 0.9)",
+        {**_DEMO, "scale_aug": (0.25, 1.0), "color_aug": "permute", "betas": (0.9, 0.99)},
+    ),
+    "demo-zoom-permute-b9-lr4": (
+        "as demo-zoom-permute-b9 with a peak learning rate of 4e-3",
+        {**_DEMO, "scale_aug": (0.25, 1.0), "color_aug": "permute", "betas": (0.9, 0.99), "lr": 4e-3},
+    ),
+    "demo-zoom-permute-3k": (
+        "demo + zoom-out + RGB order, three times the steps (3000, disc from 1800)",
+        {**_DEMO, "scale_aug": (0.25, 1.0), "color_aug": "permute", "steps": 3000, "disc_start": 1800},
+    ),
     # the interaction of the fixes at the corners: which fix undoes reflect padding's border gain?
     "reflect-only-disc": (
         "ldm-tiny + reflect padding only, cosine 2e-3, disc from 60%",
@@ -63,6 +103,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-scn-disc": (
         "vivat-tiny without SCN (plain GroupNorm decoder), cosine 2e-3, disc from 60%",
         {"changes": {"scn": False}, "lr": 2e-3, "lr_schedule": "cosine", "warmup_steps": 30, "disc_start": 240},
+    ),
+    "scn3-disc": (
+        "vivat-tiny with SCN scale/shift from reflect-padded 3x3 convs, cosine 2e-3, disc from 60%",
+        {"changes": {"scn_kernel": 3}, "lr": 2e-3, "lr_schedule": "cosine", "warmup_steps": 30, "disc_start": 240},
     ),
     "ldm-cos-64-disc": (
         "ldm-tiny, cosine 2e-3, 64 px x 4, discriminator from 60%",
