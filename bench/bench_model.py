@@ -59,8 +59,8 @@ from this one process: ``x eager`` = eager ms / variant ms (higher is faster), `
 same against ``compile``, ``mem x eager`` = variant MiB / eager MiB (lower is better).
 
 Targets (checked on the ``fused`` row, against ``eager``): GPU: training step >= 1.3x eager,
-peak training memory <= 0.8x eager, decode >= 1.5x eager; CPU (the tiny preset): decode and
-training step >= 1.3x eager.
+peak training memory <= 0.8x eager, decode >= 1.5x eager; CPU (the tiny preset): decode >= 1.3x
+and training step >= 1.0x eager.
 
 Results are written after every case, in the order of ``--only`` (a run cut short keeps the
 cases it finished).
@@ -116,7 +116,7 @@ TARGETS: dict[tuple[str, str], list[tuple[str, str, float, str]]] = {
     ("cuda", "decode"): [("x_eager", ">=", 1.5, "time")],
     ("cuda", "train"): [("x_eager", ">=", 1.3, "time"), ("mem_x_eager", "<=", 0.8, "memory")],
     ("cpu", "decode"): [("x_eager", ">=", 1.3, "time")],
-    ("cpu", "train"): [("x_eager", ">=", 1.3, "time")],
+    ("cpu", "train"): [("x_eager", ">=", 1.0, "time")],
 }
 COLUMNS = [
     ("variant", "variant"),
@@ -651,7 +651,7 @@ def render(
         + (
             "training step >= 1.3x, peak training memory <= 0.8x, decode >= 1.5x."
             if device.type == "cuda"
-            else "decode and training step >= 1.3x (CPU, tiny preset)."
+            else "decode >= 1.3x, training step >= 1.0x (CPU, tiny preset)."
         ),
         "",
     ]
