@@ -323,6 +323,13 @@ def test_channels_last_and_augmented_training_resumes_exactly(images, tmp_path):
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
+def test_val_every_zero_validates_once_at_the_end(images, tmp_path):
+    summary = train(tiny_config(images, tmp_path / "run", steps=3, val_every=0))
+    vals = read_log(tmp_path / "run", "val")
+    assert [r["step"] for r in vals] == [3]
+    assert summary["val"]["step"] == 3
+
+
 def test_model_config_trains_a_custom_architecture(images, tmp_path):
     custom = VAEConfig.from_preset("ldm-tiny").replace(scn=True, kl_weight=3e-7)
     train(tiny_config(images, tmp_path / "run", preset=None, model_config=custom, steps=2, disc_start=1))

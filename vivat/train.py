@@ -886,8 +886,8 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             run_images += last_train.pop("images")
             log.write(last_train)
             show_progress(last_train)
-        if master and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
-            last_val = run_validation()
+        if master and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps):
+            last_val = run_validation()  # with val_every 0: only the last step's
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             last_ckpt = save(step) or last_ckpt
     bar.close()
