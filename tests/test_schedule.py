@@ -153,10 +153,10 @@ def test_schedule_changes_the_weights(images, tmp_path):
     assert {r["lr"] for r in records(tmp_path / "const", "train")} == {1e-3}
 
 
-def test_val_every_zero_never_validates(images, tmp_path):
+def test_val_every_zero_validates_only_at_the_end(images, tmp_path):
     summary = train(config(images, tmp_path / "noval", steps=2, ckpt_every=2))
-    assert records(tmp_path / "noval", "val") == []
-    assert summary["val"] is None
+    assert [r["step"] for r in records(tmp_path / "noval", "val")] == [2]  # never the step-0 one
+    assert summary["val"]["step"] == 2
     summary = train(config(images, tmp_path / "val", steps=2, ckpt_every=2, val_every=2))
     assert [r["step"] for r in records(tmp_path / "val", "val")] == [0, 2]
     assert summary["val"]["step"] == 2
