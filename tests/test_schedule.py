@@ -189,3 +189,14 @@ def test_cli_flags_reach_the_train_config(tmp_path):
         build_parser().parse_args(
             ["train", "--preset", "vivat-tiny", "--data", "d", "--out", "o", "--lr-schedule", "linear"]
         )
+
+
+def test_resume_names_changed_schedule_and_crop_settings(images, tmp_path, capsys):
+    train(config(images, tmp_path / "run", steps=2, ckpt_every=2))
+    capsys.readouterr()
+    train(config(images, tmp_path / "run", steps=3, ckpt_every=3, resume=True, lr=2e-3, color_aug="permute"))
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "steps 2 -> 3" in text and "lr 0.001 -> 0.002" in text and "the learning rates from here on" in text
+    assert "color_aug none -> permute" in text and "the training crops from here on" in text
+    assert "scale_aug" not in text  # unchanged settings are not named

@@ -40,6 +40,7 @@ __all__ = [
     "DEMO_TRAIN",
     "DEMO_VAL",
     "center_crop",
+    "check_scale",
     "demo_images",
     "load_image",
     "reflect_pad_to",
@@ -301,15 +302,17 @@ _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.3212
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
-def _check_scale(scale) -> tuple[float, float] | None:
+def check_scale(scale, name: str = "scale") -> tuple[float, float] | None:
+    """``scale`` as a pair of floats ``(lo, hi)`` with ``0 < lo <= hi <= 1``, or None; ValueError naming
+    ``name`` otherwise. The one check of the zoom-out range (dataset, training config, CLI)."""
     if scale is None:
         return None
     try:
         lo, hi = (float(v) for v in scale)
     except (TypeError, ValueError):
-        raise ValueError(f"scale must be None or a pair (lo, hi) of zoom factors in (0, 1], got {scale!r}") from None
+        raise ValueError(f"{name} must be None or a pair (lo, hi) of zoom factors in (0, 1], got {scale!r}") from None
     if not (0.0 < lo <= hi <= 1.0):
-        raise ValueError(f"scale must be a pair (lo, hi) with 0 < lo <= hi <= 1, got {scale!r}")
+        raise ValueError(f"{name} must be a pair (lo, hi) with 0 < lo <= hi <= 1, got {scale!r}")
     return (lo, hi)
 
 
@@ -416,7 +419,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.train = bool(train)
         self.small = small
         self.seed = None if seed is None else int(seed)
-        self.scale = _check_scale(scale)
+        self.scale = check_scale(scale)
         if color not in COLOR_AUGMENTATIONS:
             raise ValueError(f"color must be one of {COLOR_AUGMENTATIONS}, got {color!r}")
         self.color = color

@@ -67,7 +67,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import VAEConfig, preset_names
-from .data import COLOR_AUGMENTATIONS, ImageFolderDataset, save_grid
+from .data import COLOR_AUGMENTATIONS, ImageFolderDataset, check_scale, save_grid
 from .errors import OutputError
 from .losses import VAELoss
 from .metrics import psnr, quantize, ssim
@@ -195,10 +195,7 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.color_aug not in COLOR_AUGMENTATIONS:
             raise ValueError(f"color_aug must be one of {COLOR_AUGMENTATIONS}, got {self.color_aug!r}")
-        if self.scale_aug is not None:
-            lo, hi = self.scale_aug
-            if not 0.0 < lo <= hi <= 1.0:
-                raise ValueError(f"scale_aug must be (lo, hi) with 0 < lo <= hi <= 1, got {self.scale_aug!r}")
+        check_scale(self.scale_aug, "scale_aug")
         if not self.cache_mb >= 0:
             raise ValueError(f"cache_mb must be >= 0, got {self.cache_mb}")
         if self.small not in ("pad", "skip"):
@@ -649,23 +646,18 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         skipped, skipped_disc = int(resume_state.get("skipped", 0)), int(resume_state.get("skipped_disc", 0))
         restore_rng_state(resume_state["rng"])
         was = resume_state.get("train_config", {})
-        sched = ("lr", "disc_lr", "lr_schedule", "warmup_steps", "lr_floor", "steps")
-        changed = [k for k in sched if k in was and was[k] != getattr(cfg, k)]
-        if changed:
-            say(
-                "note: "
-                + ", ".join(f"{k} {was[k]} -> {getattr(cfg, k)}" for k in changed)
-                + "; the learning rates from here on follow the new settings, not the checkpointed run's"
-            )
-        data_aug = ("size", "scale_aug", "color_aug", "small")
-        as_saved = json.loads(json.dumps({k: getattr(cfg, k) for k in data_aug}))
-        changed = [k for k in data_aug if k in was and was[k] != as_saved[k]]
-        if changed:
-            say(
-                "note: "
-                + ", ".join(f"{k} {was[k]} -> {getattr(cfg, k)}" for k in changed)
-                + "; the training crops from here on differ from the checkpointed run's"
-            )
+        now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as the checkpoint stored it
+        for keys, effect in (
+            (("lr", "disc_lr", "lr_schedule", "warmup_steps", "lr_floor", "steps"), "the learning rates"),
+            (("size", "scale_aug", "color_aug", "small"), "the training crops"),
+        ):
+            changed = [k for k in keys if k in was and was[k] != now[k]]
+            if changed:
+                say(
+                    "note: "
+                    + ", ".join(f"{k} {was[k]} -> {now[k]}" for k in changed)
+                    + f"; {effect} from here on follow the new settings, not the checkpointed run's"
+                )
         old_world = int(resume_state.get("world_size", env.world_size))
         if old_world != env.world_size or int(resume_state.get("batch_size", cfg.batch_size)) != cfg.batch_size:
             say(

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..config import preset_names
-from ..data import COLOR_AUGMENTATIONS
+from ..data import COLOR_AUGMENTATIONS, check_scale
 from ..train import AMP_MODES, LR_SCHEDULES, TrainConfig, train
 from .common import (
     UsageError,
@@ -203,12 +203,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _zoom_range(text: str) -> tuple[float, float]:
     try:
-        lo, hi = (float(v) for v in text.split(","))
+        return check_scale(text.split(","), "--scale-aug")
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
-    if not 0.0 < lo <= hi <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI <= 1, got {text!r}")
-    return (lo, hi)
+        raise argparse.ArgumentTypeError(f"expected LO,HI with 0 < LO <= HI <= 1, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -548,6 +548,22 @@ def _plain_composite(device_type: str) -> bool:
     deterministic on CPU) and ``torch.compile`` sees, and may fuse, the padding. Decided once per
     compiled graph (a constant to ``torch.compile``); eagerly, on every call.
     """
-    if device_type != "cpu" or get_design() != "auto":
-        return False
-    return _backend.resolve(torch.device(device_type))[0] == "cpp"
+    key = (
+        device_type,
+        _forced_design,
+        _backend._forced,
+        os.environ.get("VIVAT_REFLECT_CONV_DESIGN"),
+        os.environ.get("VIVAT_BACKEND"),
+    )
+    hit = _PLAIN.get(key)
+    if hit is None:
+        hit = (
+            device_type == "cpu" and get_design() == "auto" and _backend.resolve(torch.device(device_type))[0] == "cpp"
+        )
+        _PLAIN[key] = hit
+    return hit
+
+
+# _plain_composite's answers by (device type, forced design, forced backend, their two variables):
+# a dict lookup per call instead of resolving the backend (and the extension) every time.
+_PLAIN: dict[tuple, bool] = {}
